@@ -275,6 +275,9 @@ macro_rules! payloads {
     ($enum:ident, $doc:literal, { $($(#[$vdoc:meta])* $variant:ident($ty:ty) = $name:literal;)* }) => {
         #[doc = $doc]
         #[derive(Clone, PartialEq, Debug)]
+        // Frames are short-lived and moved rarely; boxing the big variants would cost an
+        // allocation per frame for nothing.
+        #[allow(clippy::large_enum_variant)]
         pub enum $enum {
             $($(#[$vdoc])* $variant($ty),)*
         }

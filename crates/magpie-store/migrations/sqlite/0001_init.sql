@@ -1,0 +1,50 @@
+-- Users and their counters. `token_generation` is bumped to revoke every token issued so far;
+-- `sync_version` is the user's change counter that `sync` pages by.
+CREATE TABLE users (
+    id               TEXT PRIMARY KEY NOT NULL,
+    nickname         TEXT,
+    avatar_url       TEXT,
+    ext              TEXT,
+    token_generation INTEGER NOT NULL DEFAULT 0,
+    sync_version     INTEGER NOT NULL DEFAULT 0,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- One row per conversation of any kind. `last_seq` is bumped in the same transaction that
+-- inserts the message with that seq, so seqs are gap-free.
+CREATE TABLE conversations (
+    id         TEXT PRIMARY KEY NOT NULL,
+    kind       TEXT NOT NULL,
+    last_seq   INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- Every message is stored once, whatever the number of recipients.
+CREATE TABLE messages (
+    id              INTEGER PRIMARY KEY NOT NULL,
+    conversation_id TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    sender          TEXT NOT NULL,
+    recipient       TEXT NOT NULL,
+    client_msg_id   TEXT NOT NULL,
+    content         TEXT NOT NULL,
+    ext             TEXT,
+    server_time     INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX messages_by_seq ON messages (conversation_id, seq);
+CREATE UNIQUE INDEX messages_dedupe ON messages (sender, client_msg_id);
+CREATE INDEX messages_by_time ON messages (conversation_id, server_time);
+
+-- Each user's own view of a conversation: read state now, pinned / muted / draft later.
+CREATE TABLE user_conversations (
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    peer            TEXT,
+    read_seq        INTEGER NOT NULL DEFAULT 0,
+    version         INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL,
+    PRIMARY KEY (user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE INDEX user_conversations_by_version ON user_conversations (user_id, version);

@@ -1,0 +1,190 @@
+//! Magpie's storage layer: the [`Store`] trait and its backends.
+//!
+//! The store owns durability and ordering: it assigns each stored message the next gap-free
+//! `seq` of its conversation in the same atomic write that stores it, dedupes retries on
+//! (sender, `client_msg_id`), and keeps every user's per-conversation state (read seq, change
+//! version). It knows nothing about connections, delivery or authentication.
+//!
+//! # Layout
+//!
+//! - [`Store`]: the async interface the server uses. Writes resolve only once committed.
+//! - [`sqlite`]: the embedded default backend (WAL, group commit on one writer thread).
+//! - `testsuite` (feature `testsuite`): one conformance suite, instantiated per backend.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use magpie_proto::frame::Direction;
+use magpie_proto::rest::{UpdateUser, User};
+use magpie_proto::{ConversationId, ConversationState, Message, Millis, UserId};
+use serde_json::{Map, Value};
+
+mod error;
+pub mod sqlite;
+#[cfg(any(test, feature = "testsuite"))]
+pub mod testsuite;
+
+pub use error::{StoreError, StoreErrorKind};
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A user as stored: the public profile plus the server-side counters.
+#[derive(Clone, PartialEq, Debug)]
+pub struct UserRecord {
+    /// The public profile.
+    pub user: User,
+    /// Bumped by every revocation; a token carries the generation it was issued under.
+    pub token_generation: u64,
+}
+
+/// Fields of a new user.
+#[derive(Clone, PartialEq, Debug)]
+pub struct NewUser {
+    /// The id.
+    pub id: UserId,
+    /// Display name.
+    pub nickname: Option<String>,
+    /// Avatar URL.
+    pub avatar_url: Option<String>,
+    /// App data.
+    pub ext: Option<Map<String, Value>>,
+    /// Creation time.
+    pub now: Millis,
+}
+
+/// A message to append. `message.seq` is ignored: the store assigns it.
+#[derive(Clone, PartialEq, Debug)]
+pub struct NewMessage {
+    /// The message with its id, sender, addressee, content and server time filled in.
+    pub message: Message,
+    /// The users whose conversation rows change: for one-to-one, sender and recipient.
+    pub participants: Vec<UserId>,
+}
+
+/// The outcome of [`Store::append_message`].
+#[derive(Clone, PartialEq, Debug)]
+pub struct Appended {
+    /// The message as stored, with its seq.
+    pub message: Message,
+    /// The message had been stored before under the same (sender, client_msg_id).
+    pub duplicate: bool,
+}
+
+/// Where a history page starts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Anchor {
+    /// From the newest (backward) or oldest (forward) message.
+    None,
+    /// Exclusive seq bound.
+    Seq(u64),
+    /// Time bound: before it (backward) or at or after it (forward).
+    Time(Millis),
+}
+
+/// A history query.
+#[derive(Clone, PartialEq, Debug)]
+pub struct MessageQuery {
+    /// The conversation.
+    pub conversation_id: ConversationId,
+    /// Which way to page.
+    pub direction: Direction,
+    /// Where to start.
+    pub anchor: Anchor,
+    /// At most this many messages.
+    pub limit: u32,
+}
+
+/// A page of history, ascending by seq.
+#[derive(Clone, PartialEq, Debug)]
+pub struct MessagePage {
+    /// The messages.
+    pub messages: Vec<Message>,
+    /// More lie beyond the page in the query's direction.
+    pub has_more: bool,
+}
+
+/// A page of a user's changed conversations.
+#[derive(Clone, PartialEq, Debug)]
+pub struct SyncPage {
+    /// Rows with a version above the requested one, ascending by version.
+    pub conversations: Vec<ConversationState>,
+    /// The version to ask from next time.
+    pub version: u64,
+    /// More rows are waiting.
+    pub has_more: bool,
+}
+
+/// The outcome of [`Store::mark_read`].
+#[derive(Clone, PartialEq, Debug)]
+pub struct ReadOutcome {
+    /// The user's state after the call (without `last_message`).
+    pub state: ConversationState,
+    /// Whether the read seq moved (if not, nothing was written and no version was used).
+    pub changed: bool,
+}
+
+/// Told about every commit, for metrics.
+pub trait CommitObserver: Send + Sync + 'static {
+    /// A transaction holding `batch` writes committed after `elapsed`.
+    fn on_commit(&self, batch: usize, elapsed: Duration);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+
+impl CommitObserver for NoObserver {
+    fn on_commit(&self, _batch: usize, _elapsed: Duration) {}
+}
+
+/// The storage interface. Every write method returns only after its write is committed.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user; `Conflict` if the id is taken.
+    async fn create_user(&self, user: NewUser) -> StoreResult<User>;
+    /// Reads a user.
+    async fn get_user(&self, id: &UserId) -> StoreResult<Option<UserRecord>>;
+    /// Applies a partial update; `NotFound` if there is no such user.
+    async fn update_user(&self, id: &UserId, update: UpdateUser, now: Millis) -> StoreResult<User>;
+    /// Deletes a user and their conversation rows (messages stay, the peers still see them).
+    /// Returns whether the user existed.
+    async fn delete_user(&self, id: &UserId) -> StoreResult<bool>;
+    /// Invalidates every token issued so far; returns the new generation. `NotFound` if absent.
+    async fn revoke_tokens(&self, id: &UserId) -> StoreResult<u64>;
+
+    /// Stores a message with the conversation's next seq, unless (sender, client_msg_id) was
+    /// stored before, in which case the original is returned with `duplicate: true`.
+    /// Updates each participant's conversation row; the sender's read seq moves to the message.
+    async fn append_message(&self, message: NewMessage) -> StoreResult<Appended>;
+    /// A page of a conversation's history.
+    async fn get_messages(&self, query: MessageQuery) -> StoreResult<MessagePage>;
+    /// The largest message id ever stored (0 if none), so id generators never go backwards.
+    async fn max_message_id(&self) -> StoreResult<u64>;
+
+    /// A user's conversations that changed after `since`, ascending by version.
+    async fn changed_conversations(
+        &self,
+        user: &UserId,
+        since: u64,
+        limit: u32,
+    ) -> StoreResult<SyncPage>;
+    /// A user's state of one conversation; `None` if the user has no row for it.
+    async fn conversation_state(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> StoreResult<Option<ConversationState>>;
+    /// Moves a user's read seq forward (clamped to the last seq). `ConversationNotFound` if
+    /// the user has no row for the conversation.
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        seq: u64,
+        now: Millis,
+    ) -> StoreResult<ReadOutcome>;
+
+    /// Finishes pending writes and releases resources. Later calls fail with `Unavailable`.
+    async fn close(&self) -> StoreResult<()>;
+}

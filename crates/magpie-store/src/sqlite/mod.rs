@@ -1,0 +1,260 @@
+//! The embedded SQLite backend, Magpie's default store.
+//!
+//! One dedicated writer thread owns the only write connection and applies writes in batches:
+//! it takes every write queued while the previous transaction was committing, applies each in
+//! its own savepoint (so one failing write cannot fail its neighbours) and commits them in one
+//! transaction — one fsync for many messages. Callers are answered only after that commit.
+//! Reads run on a small pool of read-only connections on the blocking thread pool; WAL mode
+//! lets them proceed while the writer commits.
+
+mod reader;
+mod rows;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use magpie_proto::rest::{UpdateUser, User};
+use magpie_proto::{ConversationId, ConversationState, Millis, UserId};
+
+use crate::{
+    Appended, CommitObserver, MessagePage, MessageQuery, NewMessage, NewUser, NoObserver,
+    ReadOutcome, Store, StoreError, StoreErrorKind, StoreResult, SyncPage, UserRecord,
+};
+use reader::ReadPool;
+use writer::{WriteOp, Writer};
+
+/// How hard a commit presses data to disk.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum Durability {
+    /// `synchronous=FULL`: an acked write survives a power loss (one fsync per batch).
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: an acked write survives a crash or `kill -9` of the server, but
+    /// the last batches may be lost on power loss.
+    Normal,
+}
+
+/// Tuning of the SQLite store.
+#[derive(Clone)]
+pub struct SqliteOptions {
+    /// Commit durability.
+    pub durability: Durability,
+    /// Most writes applied in one transaction.
+    pub max_batch: usize,
+    /// Read connections kept open.
+    pub read_connections: usize,
+    /// Told about every commit.
+    pub observer: Arc<dyn CommitObserver>,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::Full,
+            max_batch: 512,
+            read_connections: 4,
+            observer: Arc::new(NoObserver),
+        }
+    }
+}
+
+impl std::fmt::Debug for SqliteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteOptions")
+            .field("durability", &self.durability)
+            .field("max_batch", &self.max_batch)
+            .field("read_connections", &self.read_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Writer,
+    readers: ReadPool,
+    closed: AtomicBool,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating as needed) the database file at `path`.
+    pub fn open(path: &Path, options: SqliteOptions) -> StoreResult<Self> {
+        let mut conn = open_connection(path, options.durability)?;
+        schema::migrate(&mut conn)?;
+        let writer = Writer::spawn(conn, options.max_batch, options.observer)?;
+        let readers = ReadPool::new(path.to_owned(), options.read_connections);
+        Ok(Self {
+            path: path.to_owned(),
+            writer,
+            readers,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn check_open(&self) -> StoreResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "store is closed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn open_connection(path: &Path, durability: Durability) -> StoreResult<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Keep the WAL from growing without bound under sustained writes.
+    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, user: NewUser) -> StoreResult<User> {
+        self.check_open()?;
+        self.writer
+            .submit(|reply| WriteOp::CreateUser(user, reply))
+            .await
+    }
+
+    async fn get_user(&self, id: &UserId) -> StoreResult<Option<UserRecord>> {
+        self.check_open()?;
+        let id = id.clone();
+        self.readers.run(move |c| reader::get_user(c, &id)).await
+    }
+
+    async fn update_user(&self, id: &UserId, update: UpdateUser, now: Millis) -> StoreResult<User> {
+        self.check_open()?;
+        let id = id.clone();
+        self.writer
+            .submit(|reply| WriteOp::UpdateUser(id, update, now, reply))
+            .await
+    }
+
+    async fn delete_user(&self, id: &UserId) -> StoreResult<bool> {
+        self.check_open()?;
+        let id = id.clone();
+        self.writer
+            .submit(|reply| WriteOp::DeleteUser(id, reply))
+            .await
+    }
+
+    async fn revoke_tokens(&self, id: &UserId) -> StoreResult<u64> {
+        self.check_open()?;
+        let id = id.clone();
+        self.writer
+            .submit(|reply| WriteOp::RevokeTokens(id, reply))
+            .await
+    }
+
+    async fn append_message(&self, message: NewMessage) -> StoreResult<Appended> {
+        self.check_open()?;
+        self.writer
+            .submit(|reply| WriteOp::Append(Box::new(message), reply))
+            .await
+    }
+
+    async fn get_messages(&self, query: MessageQuery) -> StoreResult<MessagePage> {
+        self.check_open()?;
+        self.readers
+            .run(move |c| reader::get_messages(c, &query))
+            .await
+    }
+
+    async fn max_message_id(&self) -> StoreResult<u64> {
+        self.check_open()?;
+        self.readers.run(reader::max_message_id).await
+    }
+
+    async fn changed_conversations(
+        &self,
+        user: &UserId,
+        since: u64,
+        limit: u32,
+    ) -> StoreResult<SyncPage> {
+        self.check_open()?;
+        let user = user.clone();
+        self.readers
+            .run(move |c| reader::changed_conversations(c, &user, since, limit))
+            .await
+    }
+
+    async fn conversation_state(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> StoreResult<Option<ConversationState>> {
+        self.check_open()?;
+        let (user, conversation) = (user.clone(), conversation.clone());
+        self.readers
+            .run(move |c| reader::conversation_state(c, &user, &conversation))
+            .await
+    }
+
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        seq: u64,
+        now: Millis,
+    ) -> StoreResult<ReadOutcome> {
+        self.check_open()?;
+        let (user, conversation) = (user.clone(), conversation.clone());
+        self.writer
+            .submit(|reply| WriteOp::MarkRead {
+                user,
+                conversation,
+                seq,
+                now,
+                reply,
+            })
+            .await
+    }
+
+    async fn close(&self) -> StoreResult<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.writer.close().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Sqlite(tempfile::TempDir);
+
+    impl crate::testsuite::Backend for Sqlite {
+        type Store = SqliteStore;
+        async fn new() -> Option<Self> {
+            Some(Sqlite(tempfile::tempdir().expect("tempdir")))
+        }
+        async fn open(&self) -> SqliteStore {
+            SqliteStore::open(&self.0.path().join("magpie.db"), SqliteOptions::default())
+                .expect("open")
+        }
+    }
+
+    crate::store_test_suite!(Sqlite);
+}

@@ -59,8 +59,14 @@ pub struct NewMessage {
     /// The message with its id, sender, addressee, content and server time filled in.
     pub message: Message,
     /// The users whose conversation rows change: for one-to-one, sender and recipient.
+    /// Every one of them must exist, or the append fails with `UserNotFound`.
     pub participants: Vec<UserId>,
 }
+
+/// Called by the store right after the commit that made a message durable, before the
+/// caller is answered. Hooks run in commit order, so a single-writer backend hands messages
+/// of one conversation to them in seq order; they must be quick and must not block.
+pub type OnCommit = Box<dyn FnOnce(&Appended) + Send>;
 
 /// The outcome of [`Store::append_message`].
 #[derive(Clone, PartialEq, Debug)]
@@ -156,7 +162,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a message with the conversation's next seq, unless (sender, client_msg_id) was
     /// stored before, in which case the original is returned with `duplicate: true`.
     /// Updates each participant's conversation row; the sender's read seq moves to the message.
-    async fn append_message(&self, message: NewMessage) -> StoreResult<Appended>;
+    /// `on_commit` runs once the outcome is durable (also for a duplicate).
+    async fn append_message(
+        &self,
+        message: NewMessage,
+        on_commit: Option<OnCommit>,
+    ) -> StoreResult<Appended>;
     /// A page of a conversation's history.
     async fn get_messages(&self, query: MessageQuery) -> StoreResult<MessagePage>;
     /// The largest message id ever stored (0 if none), so id generators never go backwards.

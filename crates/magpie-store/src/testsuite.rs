@@ -6,8 +6,8 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use magpie_proto::frame::Direction;
 use magpie_proto::message::Peer;
@@ -45,6 +45,8 @@ macro_rules! store_test_suite {
             acked_writes_survive_a_reopen,
             deleting_a_user_keeps_the_peers_history,
             a_closed_store_refuses_work,
+            appends_to_missing_users_fail_without_using_a_seq,
+            commit_hooks_see_each_durable_append_once,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {
@@ -191,14 +193,14 @@ pub async fn appends_get_gap_free_seqs_per_conversation<B: Backend>(b: &B) {
         .enumerate()
     {
         let appended = store
-            .append_message(new_message(from, to, &format!("ab-{i}"), "hi", 100))
+            .append_message(new_message(from, to, &format!("ab-{i}"), "hi", 100), None)
             .await
             .unwrap();
         assert_eq!(appended.message.seq, i as u64 + 1);
         assert!(!appended.duplicate);
     }
     let first = store
-        .append_message(new_message("alice", "carol", "ac-0", "hi", 100))
+        .append_message(new_message("alice", "carol", "ac-0", "hi", 100), None)
         .await
         .unwrap();
     assert_eq!(first.message.seq, 1, "each conversation has its own seq");
@@ -209,11 +211,11 @@ pub async fn retries_return_the_original_message<B: Backend>(b: &B) {
     let store = b.open().await;
     create_users(&store, &["alice", "bob"]).await;
     let original = store
-        .append_message(new_message("alice", "bob", "same", "first", 100))
+        .append_message(new_message("alice", "bob", "same", "first", 100), None)
         .await
         .unwrap();
     let retry = store
-        .append_message(new_message("alice", "bob", "same", "second", 200))
+        .append_message(new_message("alice", "bob", "same", "second", 200), None)
         .await
         .unwrap();
     assert!(retry.duplicate);
@@ -222,7 +224,7 @@ pub async fn retries_return_the_original_message<B: Backend>(b: &B) {
         "the retry gets the original, content included"
     );
     let other_sender = store
-        .append_message(new_message("bob", "alice", "same", "bob's", 300))
+        .append_message(new_message("bob", "alice", "same", "bob's", 300), None)
         .await
         .unwrap();
     assert!(!other_sender.duplicate, "dedupe is per sender");
@@ -252,7 +254,7 @@ pub async fn concurrent_appends_to_one_conversation_are_gap_free<B: Backend>(b: 
             };
             tokio::spawn(async move {
                 store
-                    .append_message(new_message(from, to, &format!("c-{i}"), "x", 100))
+                    .append_message(new_message(from, to, &format!("c-{i}"), "x", 100), None)
                     .await
                     .unwrap()
                     .message
@@ -274,11 +276,11 @@ pub async fn own_messages_never_count_as_unread<B: Backend>(b: &B) {
     let store = b.open().await;
     create_users(&store, &["alice", "bob"]).await;
     store
-        .append_message(new_message("alice", "bob", "1", "a", 1))
+        .append_message(new_message("alice", "bob", "1", "a", 1), None)
         .await
         .unwrap();
     store
-        .append_message(new_message("alice", "bob", "2", "b", 2))
+        .append_message(new_message("alice", "bob", "2", "b", 2), None)
         .await
         .unwrap();
     let conv = c2c("alice", "bob");
@@ -300,7 +302,7 @@ pub async fn own_messages_never_count_as_unread<B: Backend>(b: &B) {
     assert_eq!(bob.peer, Some(uid("alice")));
     assert_eq!(bob.last_message.as_ref().map(|m| m.seq), Some(2));
     store
-        .append_message(new_message("bob", "alice", "3", "c", 3))
+        .append_message(new_message("bob", "alice", "3", "c", 3), None)
         .await
         .unwrap();
     let bob = store
@@ -333,13 +335,10 @@ pub async fn history_pages_by_seq_and_time_in_both_directions<B: Backend>(b: &B)
     create_users(&store, &["alice", "bob"]).await;
     for i in 1..=10 {
         store
-            .append_message(new_message(
-                "alice",
-                "bob",
-                &format!("h{i}"),
-                &format!("m{i}"),
-                i * 1000,
-            ))
+            .append_message(
+                new_message("alice", "bob", &format!("h{i}"), &format!("m{i}"), i * 1000),
+                None,
+            )
             .await
             .unwrap();
     }
@@ -412,13 +411,10 @@ pub async fn sync_pages_through_changed_conversations<B: Backend>(b: &B) {
     create_users(&store, &["alice", "bob", "carol", "dave"]).await;
     for peer in ["bob", "carol", "dave"] {
         store
-            .append_message(new_message(
-                peer,
-                "alice",
-                &format!("to-alice-{peer}"),
-                "hi",
-                1,
-            ))
+            .append_message(
+                new_message(peer, "alice", &format!("to-alice-{peer}"), "hi", 1),
+                None,
+            )
             .await
             .unwrap();
     }
@@ -453,7 +449,7 @@ pub async fn sync_pages_through_changed_conversations<B: Backend>(b: &B) {
     assert_eq!(idle.version, second.version);
 
     store
-        .append_message(new_message("bob", "alice", "again", "hi", 2))
+        .append_message(new_message("bob", "alice", "again", "hi", 2), None)
         .await
         .unwrap();
     let next = store
@@ -485,7 +481,7 @@ pub async fn mark_read_only_moves_forward_and_clamps<B: Backend>(b: &B) {
     create_users(&store, &["alice", "bob"]).await;
     for i in 0..5 {
         store
-            .append_message(new_message("alice", "bob", &format!("r{i}"), "x", 1))
+            .append_message(new_message("alice", "bob", &format!("r{i}"), "x", 1), None)
             .await
             .unwrap();
     }
@@ -522,7 +518,7 @@ pub async fn acked_writes_survive_a_reopen<B: Backend>(b: &B) {
     create_users(&store, &["alice", "bob"]).await;
     for i in 0..3 {
         store
-            .append_message(new_message("alice", "bob", &format!("d{i}"), "x", 1))
+            .append_message(new_message("alice", "bob", &format!("d{i}"), "x", 1), None)
             .await
             .unwrap();
     }
@@ -530,12 +526,12 @@ pub async fn acked_writes_survive_a_reopen<B: Backend>(b: &B) {
     drop(store);
     let store = b.open().await;
     let next = store
-        .append_message(new_message("bob", "alice", "d3", "x", 2))
+        .append_message(new_message("bob", "alice", "d3", "x", 2), None)
         .await
         .unwrap();
     assert_eq!(next.message.seq, 4, "seq continues after a restart");
     let retry = store
-        .append_message(new_message("alice", "bob", "d1", "x", 3))
+        .append_message(new_message("alice", "bob", "d1", "x", 3), None)
         .await
         .unwrap();
     assert!(retry.duplicate, "dedupe survives a restart");
@@ -546,7 +542,7 @@ pub async fn deleting_a_user_keeps_the_peers_history<B: Backend>(b: &B) {
     let store = b.open().await;
     create_users(&store, &["alice", "bob"]).await;
     store
-        .append_message(new_message("alice", "bob", "k1", "x", 1))
+        .append_message(new_message("alice", "bob", "k1", "x", 1), None)
         .await
         .unwrap();
     assert!(store.delete_user(&uid("bob")).await.unwrap());
@@ -573,8 +569,81 @@ pub async fn a_closed_store_refuses_work<B: Backend>(b: &B) {
     let err = store.get_user(&uid("alice")).await.unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Unavailable);
     let err = store
-        .append_message(new_message("alice", "bob", "z", "x", 1))
+        .append_message(new_message("alice", "bob", "z", "x", 1), None)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::Unavailable);
+}
+
+pub async fn appends_to_missing_users_fail_without_using_a_seq<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob"]).await;
+    let err = store
+        .append_message(new_message("alice", "ghost", "g1", "x", 1), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::UserNotFound);
+    store
+        .append_message(new_message("alice", "bob", "g2", "x", 1), None)
+        .await
+        .unwrap();
+    store.delete_user(&uid("bob")).await.unwrap();
+    let err = store
+        .append_message(new_message("alice", "bob", "g3", "x", 1), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::UserNotFound);
+    let retry = store
+        .append_message(new_message("alice", "bob", "g2", "x", 1), None)
+        .await
+        .unwrap();
+    assert!(
+        retry.duplicate,
+        "a retry of a stored message still gets its original"
+    );
+    create_users(&store, &["bob"]).await;
+    let next = store
+        .append_message(new_message("alice", "bob", "g4", "x", 1), None)
+        .await
+        .unwrap();
+    assert_eq!(next.message.seq, 2, "failed appends used no seq");
+}
+
+pub async fn commit_hooks_see_each_durable_append_once<B: Backend>(b: &B) {
+    let store = Arc::new(b.open().await);
+    create_users(store.as_ref(), &["alice", "bob"]).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (store, seen) = (store.clone(), seen.clone());
+        tasks.push(tokio::spawn(async move {
+            let hook: crate::OnCommit = Box::new(move |a: &crate::Appended| {
+                seen.lock().unwrap().push((a.message.seq, a.duplicate));
+            });
+            store
+                .append_message(
+                    new_message("alice", "bob", &format!("h{}", i % 40), "x", 1),
+                    Some(hook),
+                )
+                .await
+                .unwrap()
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let hook: crate::OnCommit = Box::new(|_| panic!("hooks must not run for failed appends"));
+    let _ = store
+        .append_message(new_message("alice", "ghost", "h-x", "x", 1), Some(hook))
+        .await
+        .unwrap_err();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 50);
+    let fresh: BTreeSet<u64> = seen
+        .iter()
+        .filter(|(_, dup)| !dup)
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert_eq!(fresh, (1..=40).collect::<BTreeSet<u64>>());
+    assert_eq!(seen.iter().filter(|(_, dup)| *dup).count(), 10);
 }

@@ -21,7 +21,7 @@ use magpie_proto::rest::{UpdateUser, User};
 use magpie_proto::{ConversationId, ConversationState, Millis, UserId};
 
 use crate::{
-    Appended, CommitObserver, MessagePage, MessageQuery, NewMessage, NewUser, NoObserver,
+    Appended, CommitObserver, MessagePage, MessageQuery, NewMessage, NewUser, NoObserver, OnCommit,
     ReadOutcome, Store, StoreError, StoreErrorKind, StoreResult, SyncPage, UserRecord,
 };
 use reader::ReadPool;
@@ -167,10 +167,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn append_message(&self, message: NewMessage) -> StoreResult<Appended> {
+    async fn append_message(
+        &self,
+        message: NewMessage,
+        on_commit: Option<OnCommit>,
+    ) -> StoreResult<Appended> {
         self.check_open()?;
         self.writer
-            .submit(|reply| WriteOp::Append(Box::new(message), reply))
+            .submit(|reply| WriteOp::Append(Box::new(message), on_commit, reply))
             .await
     }
 

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{self, MESSAGE_COLUMNS};
 use crate::{
-    Appended, CommitObserver, NewMessage, NewUser, ReadOutcome, StoreError, StoreErrorKind,
-    StoreResult,
+    Appended, CommitObserver, NewMessage, NewUser, OnCommit, ReadOutcome, StoreError,
+    StoreErrorKind, StoreResult,
 };
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -28,7 +28,7 @@ pub(super) enum WriteOp {
     UpdateUser(UserId, UpdateUser, Millis, Reply<User>),
     DeleteUser(UserId, Reply<bool>),
     RevokeTokens(UserId, Reply<u64>),
-    Append(Box<NewMessage>, Reply<Appended>),
+    Append(Box<NewMessage>, Option<OnCommit>, Reply<Appended>),
     MarkRead {
         user: UserId,
         conversation: ConversationId,
@@ -122,13 +122,26 @@ fn complete<T: Send + 'static>(reply: Reply<T>, result: StoreResult<T>) -> Compl
     })
 }
 
+fn complete_append(
+    reply: Reply<Appended>,
+    result: StoreResult<Appended>,
+    hook: Option<OnCommit>,
+) -> Completion {
+    Box::new(move |commit_error| {
+        if let (None, Ok(appended), Some(hook)) = (commit_error, &result, hook) {
+            hook(appended);
+        }
+        complete(reply, result)(commit_error);
+    })
+}
+
 fn fail(op: WriteOp, error: &StoreError) {
     let err = || StoreError::new(error.kind(), error.message());
     match op {
         WriteOp::CreateUser(_, r) | WriteOp::UpdateUser(_, _, _, r) => drop(r.send(Err(err()))),
         WriteOp::DeleteUser(_, r) => drop(r.send(Err(err()))),
         WriteOp::RevokeTokens(_, r) => drop(r.send(Err(err()))),
-        WriteOp::Append(_, r) => drop(r.send(Err(err()))),
+        WriteOp::Append(_, _, r) => drop(r.send(Err(err()))),
         WriteOp::MarkRead { reply, .. } => drop(reply.send(Err(err()))),
         WriteOp::Close(r) => drop(r.send(Err(err()))),
     }
@@ -194,7 +207,11 @@ fn apply(conn: &Connection, op: WriteOp) -> (Completion, bool) {
         }
         WriteOp::DeleteUser(id, reply) => done(reply, delete_user(conn, &id)),
         WriteOp::RevokeTokens(id, reply) => done(reply, revoke_tokens(conn, &id)),
-        WriteOp::Append(message, reply) => done(reply, append(conn, *message)),
+        WriteOp::Append(message, hook, reply) => {
+            let result = append(conn, *message);
+            let ok = result.is_ok();
+            (complete_append(reply, result, hook), ok)
+        }
         WriteOp::MarkRead {
             user,
             conversation,
@@ -315,6 +332,15 @@ fn append(conn: &Connection, new: NewMessage) -> StoreResult<Appended> {
             message: original,
             duplicate: true,
         });
+    }
+
+    for user in &new.participants {
+        let exists = conn
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+            .exists([user.as_str()])?;
+        if !exists {
+            return Err(user_not_found(user));
+        }
     }
 
     let conversation = message.conversation_id.as_str();

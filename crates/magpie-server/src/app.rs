@@ -1,0 +1,47 @@
+//! The state one server instance shares across its gateway, API and services.
+//!
+//! Domain modules add their operations to [`App`] in their own `impl App` blocks
+//! (`messaging`, `users`, `auth`), so the gateway and the REST API call the same code.
+
+use std::sync::Arc;
+
+use magpie_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::TokenSigner;
+use crate::config::Config;
+use crate::ids::IdGenerator;
+use crate::metrics::Metrics;
+use crate::sessions::Sessions;
+
+/// Shared server state.
+pub struct App {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// The app secret the REST API checks.
+    pub(crate) app_secret: String,
+    /// Durable state.
+    pub store: Arc<dyn Store>,
+    /// Online devices.
+    pub sessions: Arc<Sessions>,
+    /// Token signing and checking.
+    pub signer: TokenSigner,
+    /// Message ids.
+    pub ids: IdGenerator,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every session task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("config", &self.config)
+            .field("online", &self.sessions.online())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,535 @@
+//! One connection's session loop.
+//!
+//! A single task per connection waits on everything that can happen to it — a frame from the
+//! device, an event for it, a finished request, the heartbeat, the login and token timers, a
+//! kick, shutdown — and reacts. Requests that touch storage run concurrently (up to
+//! `max_in_flight`) but are answered in arrival order; sends reach the store in arrival order
+//! too, so one device's messages get seqs in the order it sent them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use magpie_proto::frame::{
+    ClientFrame, DeviceList, Empty, FrameHead, LoginRequest, LoginResponse, Payload, Pong,
+    TokenInfo, close,
+};
+use magpie_proto::{
+    Codec, ErrorBody, ErrorCode, Event, Millis, Request, Response, ServerFrame, UserId,
+};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, Sleep, sleep_until};
+
+use super::ratelimit::TokenBucket;
+use crate::app::App;
+use crate::clock::now_ms;
+use crate::error::Error;
+use crate::messaging::Origin;
+use crate::metrics::Metrics;
+use crate::sessions::{Control, ControlSignal, DeviceEntry, SessionId, SharedFrame};
+
+type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Why the loop ended: a close frame to send, or none when the peer is already gone.
+type Ending = Option<(u16, &'static str)>;
+
+struct LoggedIn {
+    user: UserId,
+    session: SessionId,
+    token_expires_at: Millis,
+    /// `token_will_expire` was sent for the current token.
+    warned: bool,
+}
+
+struct Conn {
+    socket: WebSocket,
+    codec: Codec,
+    app: Arc<App>,
+    login: Option<LoggedIn>,
+    /// Events for this device, once logged in.
+    events: Option<mpsc::Receiver<Arc<SharedFrame>>>,
+    /// Kick / slow-consumer signal, once logged in.
+    control: Option<Arc<ControlSignal>>,
+    last_heard: Instant,
+    requests: TokenBucket,
+    sends: TokenBucket,
+    in_flight: FuturesOrdered<Pending>,
+    /// The token's expiry changed (login, renewal): the token timer must be re-armed.
+    token_changed: bool,
+}
+
+/// Serves one upgraded connection until it closes.
+pub(super) async fn run(socket: WebSocket, codec: Codec, app: Arc<App>) {
+    app.metrics
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = Instant::now();
+    let limits = &app.config.limits;
+    let mut conn = Conn {
+        socket,
+        codec,
+        requests: TokenBucket::new(limits.request_rate_per_sec, limits.request_burst, now),
+        sends: TokenBucket::new(limits.send_rate_per_sec, limits.send_burst, now),
+        app: app.clone(),
+        login: None,
+        events: None,
+        control: None,
+        last_heard: now,
+        in_flight: FuturesOrdered::new(),
+        token_changed: false,
+    };
+    let ending = conn.serve().await;
+    if let Some((code, reason)) = ending {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        // A peer that stopped reading must not hold the task forever.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            conn.socket.send(WsMessage::Close(Some(frame))),
+        )
+        .await;
+    }
+    if let Some(login) = &conn.login {
+        app.sessions.unregister(&login.user, login.session);
+    }
+    app.metrics
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn next_event(
+    events: &mut Option<mpsc::Receiver<Arc<SharedFrame>>>,
+) -> Option<Arc<SharedFrame>> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_control(control: &Option<Arc<ControlSignal>>) -> Control {
+    match control {
+        Some(control) => control.raised().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+impl Conn {
+    async fn serve(&mut self) -> Ending {
+        let gateway = &self.app.config.gateway;
+        let (max_in_flight, max_frame) = (gateway.max_in_flight, gateway.max_frame_bytes);
+        let heartbeat_every = self.app.config.heartbeat_interval();
+        let idle_timeout = self.app.config.idle_timeout();
+        let mut heartbeat: Interval =
+            tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let login_timer =
+            sleep_until(Instant::now() + Duration::from_millis(gateway.login_timeout_ms));
+        tokio::pin!(login_timer);
+        let mut token_timer: Pin<Box<Sleep>> = Box::pin(sleep_until(far_future()));
+        let shutdown = self.app.shutdown.clone();
+
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Some((close::SERVICE_RESTART, "server shutting down")),
+                control = next_control(&self.control) => return self.on_control(control).await,
+                event = next_event(&mut self.events) => match event {
+                    Some(frame) => {
+                        let bytes = frame.encoded(self.codec);
+                        if self.write_bytes(bytes).await.is_err() {
+                            return None;
+                        }
+                    }
+                    // The registry dropped this session without a reason: treat as replaced.
+                    None => return Some((close::KICKED, "session ended")),
+                },
+                Some(frame) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    if self.write(&frame).await.is_err() {
+                        return None;
+                    }
+                }
+                incoming = self.socket.recv(), if self.in_flight.len() < max_in_flight => {
+                    let message = match incoming {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => return too_big(e),
+                        None => return None,
+                    };
+                    self.last_heard = Instant::now();
+                    let (bytes, is_text) = match message {
+                        WsMessage::Text(text) => (Bytes::from(text), true),
+                        WsMessage::Binary(bytes) => (bytes, false),
+                        WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                        WsMessage::Close(_) => return None,
+                    };
+                    if let Err(ending) = self.on_frame(&bytes, is_text, max_frame).await {
+                        return ending;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if self.last_heard.elapsed() >= idle_timeout {
+                        return Some((close::IDLE_TIMEOUT, "idle timeout"));
+                    }
+                    if self.socket.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                        return None;
+                    }
+                }
+                _ = &mut login_timer, if self.login.is_none() => {
+                    return Some((close::LOGIN_TIMEOUT, "no login within the login timeout"));
+                }
+                _ = &mut token_timer, if self.login.is_some() => {
+                    if let Some(ending) = self.on_token_timer().await {
+                        return ending;
+                    }
+                    token_timer.as_mut().reset(self.token_deadline());
+                }
+            }
+            if std::mem::take(&mut self.token_changed) {
+                token_timer.as_mut().reset(self.token_deadline());
+            }
+        }
+    }
+
+    /// When the next token event is due: the warning, then the expiry.
+    fn token_deadline(&self) -> Instant {
+        let Some(login) = &self.login else {
+            return far_future();
+        };
+        let warning_ms = (self.app.config.auth.token_expiry_warning_secs * 1000) as i64;
+        let due = if login.warned {
+            login.token_expires_at
+        } else {
+            login.token_expires_at - warning_ms
+        };
+        Instant::now() + Duration::from_millis((due - now_ms()).max(0) as u64)
+    }
+
+    async fn on_token_timer(&mut self) -> Option<Ending> {
+        let login = self.login.as_mut()?;
+        let expires_at = login.token_expires_at;
+        if now_ms() >= expires_at {
+            let frame = ServerFrame::Event(Event::TokenExpired(Empty));
+            let _ = self.write(&frame).await;
+            return Some(Some((close::TOKEN_EXPIRED, "token expired")));
+        }
+        if !login.warned {
+            login.warned = true;
+            let frame = ServerFrame::Event(Event::TokenWillExpire(TokenInfo { expires_at }));
+            if self.write(&frame).await.is_err() {
+                return Some(None);
+            }
+        }
+        None
+    }
+
+    async fn on_control(&mut self, control: Control) -> Ending {
+        match control {
+            Control::Kick(kicked) => {
+                let _ = self.write(&ServerFrame::Event(Event::Kicked(kicked))).await;
+                Some((close::KICKED, "kicked"))
+            }
+            Control::SlowConsumer => {
+                Metrics::add(&self.app.metrics.slow_consumers, 1);
+                Some((close::SLOW_CONSUMER, "too many undelivered events"))
+            }
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        bytes: &[u8],
+        is_text: bool,
+        max_frame: usize,
+    ) -> Result<(), Ending> {
+        if is_text != self.codec.is_text() {
+            let message = if is_text {
+                "text frames need the JSON subprotocol; this connection speaks magpie.v1.msgpack"
+            } else {
+                "binary frames need the magpie.v1.msgpack subprotocol; this connection speaks JSON"
+            };
+            return self
+                .reply_error(self.head(bytes), ErrorBody::bad_request(message))
+                .await;
+        }
+        if bytes.len() > max_frame {
+            let body = ErrorBody::new(
+                ErrorCode::TooLarge,
+                format!("frame is {} bytes; the limit is {max_frame}", bytes.len()),
+            );
+            return self.reply_error(self.head(bytes), body).await;
+        }
+        let frame: ClientFrame = match self.codec.decode(bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let head = self.head(bytes);
+                let known = head
+                    .op
+                    .as_deref()
+                    .is_some_and(|op| Request::NAMES.contains(&op));
+                let body = match (&head.op, known) {
+                    (Some(op), false) => ErrorBody::new(
+                        ErrorCode::UnknownOp,
+                        format!(
+                            "unknown op {op:?}; known ops: {}",
+                            Request::NAMES.join(", ")
+                        ),
+                    ),
+                    _ => ErrorBody::bad_request(format!("malformed request: {e}")),
+                };
+                return self.reply_error(head, body).await;
+            }
+        };
+        let head = FrameHead {
+            id: Some(frame.id),
+            op: Some(frame.request.name().to_owned()),
+        };
+        let now = Instant::now();
+        if let Err(wait) = self.requests.take(now) {
+            return self.reply_error(head, rate_limited(wait, "requests")).await;
+        }
+        self.dispatch(frame, head).await
+    }
+
+    fn head(&self, bytes: &[u8]) -> FrameHead {
+        self.codec.decode(bytes).unwrap_or_default()
+    }
+
+    async fn dispatch(&mut self, frame: ClientFrame, head: FrameHead) -> Result<(), Ending> {
+        let id = frame.id;
+        let Some(login) = &self.login else {
+            return match frame.request {
+                Request::Login(request) => self.login(id, request).await,
+                _ => {
+                    let body = ErrorBody::new(ErrorCode::Unauthenticated, "log in first");
+                    self.reply_error(head, body).await
+                }
+            };
+        };
+        let origin = Origin {
+            user: login.user.clone(),
+            session: Some(login.session),
+        };
+        let response = match frame.request {
+            Request::Login(_) => {
+                let body = ErrorBody::new(
+                    ErrorCode::InvalidState,
+                    "this connection is already logged in",
+                );
+                return self.reply_error(head, body).await;
+            }
+            Request::Ping(_) => Response::Ping(Pong {
+                server_time: now_ms(),
+            }),
+            Request::ListDevices(_) => Response::ListDevices(DeviceList {
+                devices: self.app.sessions.devices(&origin.user),
+            }),
+            Request::Logout(_) => {
+                let frame = ServerFrame::Response {
+                    id,
+                    response: Response::Logout(Empty),
+                };
+                let _ = self.write(&frame).await;
+                return Err(Some((close::LOGGED_OUT, "logged out")));
+            }
+            Request::RenewToken(request) => {
+                match self.app.authenticate(&origin.user, &request.token).await {
+                    Ok(claims) => {
+                        if let Some(login) = &mut self.login {
+                            login.token_expires_at = claims.expires_at_ms();
+                            login.warned = false;
+                        }
+                        self.token_changed = true;
+                        Response::RenewToken(TokenInfo {
+                            expires_at: claims.expires_at_ms(),
+                        })
+                    }
+                    Err(e) => return self.reply_error(head, e.to_body()).await,
+                }
+            }
+            Request::Send(request) => {
+                if let Err(wait) = self.sends.take(Instant::now()) {
+                    return self.reply_error(head, rate_limited(wait, "messages")).await;
+                }
+                let app = self.app.clone();
+                self.queue(id, "send", async move {
+                    app.send_message(&origin, request).await.map(Response::Send)
+                });
+                return Ok(());
+            }
+            Request::Sync(request) => {
+                let app = self.app.clone();
+                self.queue(id, "sync", async move {
+                    app.sync(&origin.user, request).await.map(Response::Sync)
+                });
+                return Ok(());
+            }
+            Request::GetMessages(request) => {
+                let app = self.app.clone();
+                self.queue(id, "get_messages", async move {
+                    app.get_messages(&origin.user, request)
+                        .await
+                        .map(Response::GetMessages)
+                });
+                return Ok(());
+            }
+            Request::MarkRead(request) => {
+                let app = self.app.clone();
+                self.queue(id, "mark_read", async move {
+                    app.mark_read(&origin, request)
+                        .await
+                        .map(Response::MarkRead)
+                });
+                return Ok(());
+            }
+        };
+        self.write(&ServerFrame::Response { id, response })
+            .await
+            .map_err(|_| None)
+    }
+
+    /// Runs a request concurrently with the loop; its answer is written in arrival order.
+    fn queue(
+        &mut self,
+        id: u64,
+        op: &'static str,
+        work: impl Future<Output = Result<Response, Error>> + Send + 'static,
+    ) {
+        let metrics = self.app.metrics.clone();
+        self.in_flight.push_back(Box::pin(async move {
+            match work.await {
+                Ok(response) => ServerFrame::Response { id, response },
+                Err(e) => {
+                    let error = e.to_body();
+                    metrics.error(error.code);
+                    ServerFrame::Error {
+                        id: Some(id),
+                        op: Some(op.to_owned()),
+                        error,
+                    }
+                }
+            }
+        }));
+    }
+
+    async fn login(&mut self, id: u64, request: LoginRequest) -> Result<(), Ending> {
+        let head = FrameHead {
+            id: Some(id),
+            op: Some("login".into()),
+        };
+        let claims = match self
+            .app
+            .authenticate(&request.user_id, &request.token)
+            .await
+        {
+            Ok(claims) => claims,
+            Err(e) => {
+                Metrics::add(&self.app.metrics.login_failures, 1);
+                return self.reply_error(head, e.to_body()).await;
+            }
+        };
+        let sessions = &self.app.sessions;
+        let (events_tx, events) = mpsc::channel(self.app.config.gateway.outbound_queue);
+        let control = Arc::new(ControlSignal::default());
+        let session = sessions.next_session_id();
+        let now = now_ms();
+        let kicked = sessions.register(
+            &request.user_id,
+            DeviceEntry {
+                session,
+                device_id: request.device_id.clone(),
+                platform: request.platform,
+                connected_at: now,
+                events: events_tx,
+                control: control.clone(),
+            },
+        );
+        Metrics::add(&self.app.metrics.kicks, kicked as u64);
+        Metrics::add(&self.app.metrics.logins, 1);
+        tracing::debug!(user = %request.user_id, device = %request.device_id, platform = ?request.platform, "login");
+        self.login = Some(LoggedIn {
+            user: request.user_id.clone(),
+            session,
+            token_expires_at: claims.expires_at_ms(),
+            warned: false,
+        });
+        self.events = Some(events);
+        self.control = Some(control);
+        self.token_changed = true;
+        let gateway = &self.app.config.gateway;
+        let response = Response::Login(LoginResponse {
+            user_id: request.user_id,
+            device_id: request.device_id,
+            server_time: now,
+            token_expires_at: claims.expires_at_ms(),
+            heartbeat_interval_ms: gateway.heartbeat_interval_ms,
+            idle_timeout_ms: gateway.idle_timeout_ms,
+            max_frame_bytes: gateway.max_frame_bytes as u64,
+            max_message_bytes: self.app.config.limits.max_message_bytes as u64,
+        });
+        self.write(&ServerFrame::Response { id, response })
+            .await
+            .map_err(|_| None)
+    }
+
+    async fn reply_error(&mut self, head: FrameHead, error: ErrorBody) -> Result<(), Ending> {
+        self.app.metrics.error(error.code);
+        let frame = ServerFrame::Error {
+            id: head.id,
+            op: head.op,
+            error,
+        };
+        self.write(&frame).await.map_err(|_| None)
+    }
+
+    async fn write(&mut self, frame: &ServerFrame) -> Result<(), axum::Error> {
+        match self.codec.encode(frame) {
+            Ok(bytes) => self.write_bytes(Bytes::from(bytes)).await,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a server frame");
+                Ok(())
+            }
+        }
+    }
+
+    async fn write_bytes(&mut self, bytes: Bytes) -> Result<(), axum::Error> {
+        let message = if self.codec.is_text() {
+            match Utf8Bytes::try_from(bytes) {
+                Ok(text) => WsMessage::Text(text),
+                Err(_) => return Ok(()),
+            }
+        } else {
+            WsMessage::Binary(bytes)
+        };
+        self.socket.send(message).await
+    }
+}
+
+fn rate_limited(wait: Duration, what: &str) -> ErrorBody {
+    let mut body = ErrorBody::new(
+        ErrorCode::RateLimited,
+        format!("too many {what}; slow down"),
+    );
+    body.retry_after_ms = Some(wait.as_millis().max(1) as u64);
+    body
+}
+
+/// Maps a read error to how the connection ends: an oversized frame gets 1009, anything
+/// else means the peer is gone.
+fn too_big(error: axum::Error) -> Ending {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => {
+            Some((close::TOO_BIG, "frame exceeds the hard size limit"))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,234 @@
+//! Sending, history, sync and read state: the message domain.
+//!
+//! Owns the rules of a send (validation, limits, dedupe through the store, delivery after
+//! commit) and of reading conversations. It must not know about sockets: the gateway and the
+//! REST API both call it.
+
+use magpie_proto::frame::{
+    GetMessagesRequest, MarkReadRequest, MessagesPage, ReadState, SendRequest, SendResponse,
+    SyncRequest, SyncResponse,
+};
+use magpie_proto::message::{Peer, validate_client_msg_id};
+use magpie_proto::{
+    ConversationId, ConversationState, ErrorCode, Event, Message, ServerFrame, UserId,
+};
+use magpie_store::{Anchor, Appended, MessageQuery, NewMessage, OnCommit};
+
+use crate::app::App;
+use crate::clock::now_ms;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::sessions::{SessionId, Sessions, SharedFrame};
+
+/// Who is acting: a user, and the session it came through (which does not get its own echo).
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The acting user.
+    pub user: UserId,
+    /// The session, if the request came over a WebSocket.
+    pub session: Option<SessionId>,
+}
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 200;
+const DEFAULT_SYNC_PAGE: u32 = 100;
+const MAX_SYNC_PAGE: u32 = 500;
+
+fn page_limit(requested: Option<u32>, default: u32, max: u32) -> Result<u32> {
+    match requested {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(Error::bad_request(format!(
+            "limit must be between 1 and {max}, got {n}"
+        ))),
+    }
+}
+
+/// Delivers a stored message to its recipient and to the sender's other devices.
+fn deliver_message(
+    sessions: &Sessions,
+    metrics: &Metrics,
+    message: &Message,
+    origin: Option<SessionId>,
+) {
+    let frame = SharedFrame::new(ServerFrame::Event(Event::Message(message.clone())));
+    let Peer::User(to) = &message.to;
+    let delivered =
+        sessions.deliver(to, &frame, None) + sessions.deliver(&message.from, &frame, origin);
+    Metrics::add(&metrics.deliveries, delivered as u64);
+}
+
+impl App {
+    /// Stores and delivers a message (or, for a command, only delivers it).
+    ///
+    /// Ordering matters here: everything before the store call is synchronous, so sends that
+    /// one connection issues back to back reach the store — and get their seqs — in order.
+    pub async fn send_message(
+        &self,
+        origin: &Origin,
+        request: SendRequest,
+    ) -> Result<SendResponse> {
+        let Peer::User(to) = &request.to;
+        if *to == origin.user {
+            return Err(Error::bad_request("cannot send a message to yourself"));
+        }
+        validate_client_msg_id(&request.client_msg_id)?;
+        request.content.validate()?;
+        let size = serde_json::to_vec(&request.content)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX)
+            + request.ext.as_ref().map_or(0, |ext| {
+                serde_json::to_vec(ext)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX)
+            });
+        let max = self.config.limits.max_message_bytes;
+        if size > max {
+            return Err(Error::new(
+                ErrorCode::TooLarge,
+                format!("message is {size} bytes encoded; the limit is {max}"),
+            ));
+        }
+
+        let now = now_ms();
+        let message = Message {
+            id: self.ids.next(now),
+            conversation_id: ConversationId::c2c(&origin.user, to),
+            seq: 0,
+            from: origin.user.clone(),
+            to: request.to.clone(),
+            client_msg_id: request.client_msg_id,
+            content: request.content,
+            ext: request.ext,
+            server_time: now,
+        };
+
+        if !message.content.is_stored() {
+            if self.store.get_user(to).await?.is_none() {
+                return Err(Error::new(ErrorCode::UserNotFound, format!("no user {to}")));
+            }
+            deliver_message(&self.sessions, &self.metrics, &message, origin.session);
+            Metrics::add(&self.metrics.commands, 1);
+            return Ok(SendResponse {
+                message,
+                duplicate: false,
+            });
+        }
+
+        let (sessions, metrics, from_session) =
+            (self.sessions.clone(), self.metrics.clone(), origin.session);
+        // Delivery runs in the store's commit order, so one conversation's messages reach
+        // each device in seq order.
+        let on_commit: OnCommit = Box::new(move |appended: &Appended| {
+            if !appended.duplicate {
+                deliver_message(&sessions, &metrics, &appended.message, from_session);
+            }
+        });
+        let participants = vec![origin.user.clone(), to.clone()];
+        let appended = self
+            .store
+            .append_message(
+                NewMessage {
+                    message,
+                    participants,
+                },
+                Some(on_commit),
+            )
+            .await?;
+        let counter = if appended.duplicate {
+            &self.metrics.messages_duplicate
+        } else {
+            &self.metrics.messages_stored
+        };
+        Metrics::add(counter, 1);
+        Ok(SendResponse {
+            message: appended.message,
+            duplicate: appended.duplicate,
+        })
+    }
+
+    /// A page of history of a conversation `user` takes part in.
+    pub async fn get_messages(
+        &self,
+        user: &UserId,
+        request: GetMessagesRequest,
+    ) -> Result<MessagesPage> {
+        check_participant(user, &request.conversation_id)?;
+        let limit = page_limit(request.limit, DEFAULT_PAGE, MAX_PAGE)?;
+        let anchor = match (request.seq, request.time) {
+            (Some(_), Some(_)) => {
+                return Err(Error::bad_request("give at most one of `seq` and `time`"));
+            }
+            (Some(seq), None) => Anchor::Seq(seq),
+            (None, Some(time)) => Anchor::Time(time),
+            (None, None) => Anchor::None,
+        };
+        let page = self
+            .store
+            .get_messages(MessageQuery {
+                conversation_id: request.conversation_id,
+                direction: request.direction,
+                anchor,
+                limit,
+            })
+            .await?;
+        Ok(MessagesPage {
+            messages: page.messages,
+            has_more: page.has_more,
+        })
+    }
+
+    /// `user`'s conversations changed since a version.
+    pub async fn sync(&self, user: &UserId, request: SyncRequest) -> Result<SyncResponse> {
+        let limit = page_limit(request.limit, DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)?;
+        let page = self
+            .store
+            .changed_conversations(user, request.since, limit)
+            .await?;
+        Ok(SyncResponse {
+            conversations: page.conversations,
+            version: page.version,
+            has_more: page.has_more,
+        })
+    }
+
+    /// Marks a conversation read and tells the user's other devices.
+    pub async fn mark_read(
+        &self,
+        origin: &Origin,
+        request: MarkReadRequest,
+    ) -> Result<ConversationState> {
+        check_participant(&origin.user, &request.conversation_id)?;
+        let outcome = self
+            .store
+            .mark_read(
+                &origin.user,
+                &request.conversation_id,
+                request.seq,
+                now_ms(),
+            )
+            .await?;
+        if outcome.changed {
+            let state = &outcome.state;
+            let frame = SharedFrame::new(ServerFrame::Event(Event::ConversationRead(ReadState {
+                conversation_id: state.conversation_id.clone(),
+                read_seq: state.read_seq,
+                unread_count: state.unread_count,
+                version: state.version,
+            })));
+            let delivered = self.sessions.deliver(&origin.user, &frame, origin.session);
+            Metrics::add(&self.metrics.deliveries, delivered as u64);
+        }
+        Ok(outcome.state)
+    }
+}
+
+fn check_participant(user: &UserId, conversation: &ConversationId) -> Result<()> {
+    if conversation.c2c_peer(user).is_none() {
+        return Err(Error::new(
+            ErrorCode::ConversationNotFound,
+            format!("{user} has no conversation {conversation}"),
+        ));
+    }
+    Ok(())
+}

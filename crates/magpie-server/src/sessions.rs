@@ -1,0 +1,384 @@
+//! The registry of online devices and delivery to them.
+//!
+//! It owns who is online where, enforces the multi-device policy at login, and hands events
+//! to sessions without blocking: each session has a bounded queue, and a session whose queue
+//! is full is told to close as a slow consumer (its device will reconnect and sync, so nothing
+//! is lost). It knows nothing about sockets or storage.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use magpie_proto::frame::{KickReason, Kicked};
+use magpie_proto::message::DeviceInfo;
+use magpie_proto::{Codec, DeviceId, Millis, Platform, ServerFrame, UserId};
+use tokio::sync::{Notify, mpsc};
+
+/// Identifies one connection's session; never reused within a process.
+pub type SessionId = u64;
+
+/// A server frame shared by every session it goes to, encoded at most once per codec.
+#[derive(Debug)]
+pub struct SharedFrame {
+    frame: ServerFrame,
+    json: OnceLock<Bytes>,
+    msgpack: OnceLock<Bytes>,
+}
+
+impl SharedFrame {
+    /// Wraps a frame for delivery.
+    pub fn new(frame: ServerFrame) -> Arc<Self> {
+        Arc::new(Self {
+            frame,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        })
+    }
+
+    /// The frame.
+    pub fn frame(&self) -> &ServerFrame {
+        &self.frame
+    }
+
+    /// The frame's bytes in `codec`.
+    pub fn encoded(&self, codec: Codec) -> Bytes {
+        let cell = match codec {
+            Codec::Json => &self.json,
+            Codec::MsgPack => &self.msgpack,
+        };
+        cell.get_or_init(|| match codec.encode(&self.frame) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => {
+                // Our own types always encode; this would be a bug, not a client problem.
+                tracing::error!(error = %e, "cannot encode a server frame");
+                Bytes::new()
+            }
+        })
+        .clone()
+    }
+}
+
+/// Why the registry wants a session closed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Control {
+    /// Kicked by policy or by the app backend.
+    Kick(Kicked),
+    /// The session's event queue overflowed.
+    SlowConsumer,
+}
+
+/// A one-shot "close now, because …" signal for a session. The first reason wins.
+#[derive(Debug, Default)]
+pub struct ControlSignal {
+    reason: Mutex<Option<Control>>,
+    notify: Notify,
+}
+
+impl ControlSignal {
+    fn raise(&self, control: Control) {
+        if let Ok(mut slot) = self.reason.lock() {
+            if slot.is_none() {
+                *slot = Some(control);
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Waits for a reason to close.
+    pub async fn raised(&self) -> Control {
+        loop {
+            if let Some(reason) = self.reason.lock().ok().and_then(|slot| slot.clone()) {
+                return reason;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// An online device as the registry holds it.
+#[derive(Debug, Clone)]
+pub struct DeviceEntry {
+    /// The session.
+    pub session: SessionId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// Its platform.
+    pub platform: Platform,
+    /// Login time.
+    pub connected_at: Millis,
+    /// Its event queue.
+    pub events: mpsc::Sender<Arc<SharedFrame>>,
+    /// Its close signal.
+    pub control: Arc<ControlSignal>,
+}
+
+impl DeviceEntry {
+    fn kick(&self, reason: KickReason, message: &str) {
+        self.control.raise(Control::Kick(Kicked {
+            reason,
+            message: message.to_owned(),
+        }));
+    }
+}
+
+/// Who is online, on which devices.
+#[derive(Debug)]
+pub struct Sessions {
+    users: DashMap<UserId, Vec<DeviceEntry>>,
+    next_session: AtomicU64,
+    online: AtomicU64,
+    max_per_class: usize,
+}
+
+impl Sessions {
+    /// An empty registry with the given multi-device policy.
+    pub fn new(max_per_class: usize) -> Self {
+        Self {
+            users: DashMap::new(),
+            next_session: AtomicU64::new(1),
+            online: AtomicU64::new(0),
+            max_per_class: max_per_class.max(1),
+        }
+    }
+
+    /// A fresh session id.
+    pub fn next_session_id(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Devices online now.
+    pub fn online(&self) -> u64 {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// Adds a device, kicking what the policy says it replaces: the same device on an older
+    /// connection, and the oldest devices of its platform class beyond the per-class limit.
+    /// Returns how many sessions were kicked.
+    pub fn register(&self, user: &UserId, entry: DeviceEntry) -> usize {
+        let mut kicked = Vec::new();
+        {
+            let mut devices = self.users.entry(user.clone()).or_default();
+            devices.retain(|d| {
+                let same = d.device_id == entry.device_id;
+                if same {
+                    kicked.push((d.clone(), KickReason::SameDevice));
+                }
+                !same
+            });
+            let class = entry.platform.class();
+            let mut same_class: Vec<usize> = devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.platform.class() == class)
+                .map(|(i, _)| i)
+                .collect();
+            // Oldest first: entries are appended in login order.
+            let excess = (same_class.len() + 1).saturating_sub(self.max_per_class);
+            same_class.truncate(excess);
+            for index in same_class.into_iter().rev() {
+                kicked.push((devices.remove(index), KickReason::Replaced));
+            }
+            devices.push(entry);
+        }
+        // Kicked sessions left the map here, so their own `unregister` will not count them.
+        self.online.fetch_add(1, Ordering::Relaxed);
+        self.online
+            .fetch_sub(kicked.len() as u64, Ordering::Relaxed);
+        for (device, reason) in &kicked {
+            let message = match reason {
+                KickReason::SameDevice => "this device logged in on another connection",
+                _ => "another device of the same kind logged in",
+            };
+            device.kick(*reason, message);
+        }
+        kicked.len()
+    }
+
+    /// Removes a session if it is still registered (a newer session of the same device may
+    /// have replaced it already).
+    pub fn unregister(&self, user: &UserId, session: SessionId) {
+        let mut removed = false;
+        if let Some(mut devices) = self.users.get_mut(user) {
+            let before = devices.len();
+            devices.retain(|d| d.session != session);
+            removed = devices.len() < before;
+        }
+        if removed {
+            self.online.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.users.remove_if(user, |_, devices| devices.is_empty());
+    }
+
+    /// Queues a frame for every online device of `user` except `except`; returns how many got it.
+    pub fn deliver(
+        &self,
+        user: &UserId,
+        frame: &Arc<SharedFrame>,
+        except: Option<SessionId>,
+    ) -> usize {
+        let Some(devices) = self.users.get(user) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for device in devices.iter().filter(|d| Some(d.session) != except) {
+            match device.events.try_send(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    device.control.raise(Control::SlowConsumer)
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+
+    /// The user's online devices.
+    pub fn devices(&self, user: &UserId) -> Vec<DeviceInfo> {
+        self.users
+            .get(user)
+            .map(|devices| {
+                devices
+                    .iter()
+                    .map(|d| DeviceInfo {
+                        device_id: d.device_id.clone(),
+                        platform: d.platform,
+                        connected_at: d.connected_at,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kicks every online device of `user`; returns how many.
+    pub fn kick_all(&self, user: &UserId, reason: KickReason, message: &str) -> usize {
+        let devices = self.users.get(user).map(|d| d.clone()).unwrap_or_default();
+        for device in &devices {
+            device.kick(reason, message);
+        }
+        devices.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use magpie_proto::Event;
+    use magpie_proto::frame::Empty;
+
+    fn entry(
+        sessions: &Sessions,
+        device: &str,
+        platform: Platform,
+    ) -> (DeviceEntry, mpsc::Receiver<Arc<SharedFrame>>) {
+        let (tx, rx) = mpsc::channel(2);
+        let entry = DeviceEntry {
+            session: sessions.next_session_id(),
+            device_id: DeviceId::new(device).expect("id"),
+            platform,
+            connected_at: 0,
+            events: tx,
+            control: Arc::new(ControlSignal::default()),
+        };
+        (entry, rx)
+    }
+
+    fn kicked(entry: &DeviceEntry) -> Option<Control> {
+        entry.control.reason.lock().expect("lock").clone()
+    }
+
+    fn user() -> UserId {
+        UserId::new("alice").expect("id")
+    }
+
+    #[test]
+    fn one_device_per_class_by_default() {
+        let sessions = Sessions::new(1);
+        let (phone, _r1) = entry(&sessions, "phone", Platform::Ios);
+        let (laptop, _r2) = entry(&sessions, "laptop", Platform::Macos);
+        let (tablet, _r3) = entry(&sessions, "tablet", Platform::Android);
+        assert_eq!(sessions.register(&user(), phone.clone()), 0);
+        assert_eq!(sessions.register(&user(), laptop.clone()), 0);
+        assert_eq!(sessions.register(&user(), tablet.clone()), 1);
+        assert!(matches!(
+            kicked(&phone),
+            Some(Control::Kick(Kicked {
+                reason: KickReason::Replaced,
+                ..
+            }))
+        ));
+        assert_eq!(kicked(&laptop), None);
+        let online: Vec<_> = sessions
+            .devices(&user())
+            .into_iter()
+            .map(|d| d.device_id.to_string())
+            .collect();
+        assert_eq!(online, vec!["laptop", "tablet"]);
+        assert_eq!(sessions.online(), 2);
+    }
+
+    #[test]
+    fn a_larger_limit_allows_several_and_the_same_device_always_replaces_itself() {
+        let sessions = Sessions::new(2);
+        let (a, _ra) = entry(&sessions, "a", Platform::Web);
+        let (b, _rb) = entry(&sessions, "b", Platform::Web);
+        let (c, _rc) = entry(&sessions, "c", Platform::Web);
+        let (b2, _rb2) = entry(&sessions, "b", Platform::Web);
+        sessions.register(&user(), a.clone());
+        sessions.register(&user(), b.clone());
+        assert_eq!(sessions.register(&user(), c.clone()), 1, "the oldest goes");
+        assert!(kicked(&a).is_some());
+        assert_eq!(sessions.register(&user(), b2.clone()), 1);
+        assert!(matches!(
+            kicked(&b),
+            Some(Control::Kick(Kicked {
+                reason: KickReason::SameDevice,
+                ..
+            }))
+        ));
+        // The replaced session unregistering later must not remove its replacement.
+        sessions.unregister(&user(), b.session);
+        assert_eq!(sessions.devices(&user()).len(), 2);
+        assert_eq!(sessions.online(), 2);
+    }
+
+    #[test]
+    fn delivery_skips_the_origin_and_flags_slow_consumers() {
+        let sessions = Sessions::new(1);
+        let (phone, mut phone_rx) = entry(&sessions, "phone", Platform::Ios);
+        let (laptop, mut laptop_rx) = entry(&sessions, "laptop", Platform::Linux);
+        sessions.register(&user(), phone.clone());
+        sessions.register(&user(), laptop.clone());
+        let frame = SharedFrame::new(ServerFrame::Event(Event::TokenExpired(Empty)));
+        assert_eq!(sessions.deliver(&user(), &frame, Some(phone.session)), 1);
+        assert!(phone_rx.try_recv().is_err());
+        assert!(laptop_rx.try_recv().is_ok());
+        for _ in 0..3 {
+            sessions.deliver(&user(), &frame, None);
+        }
+        assert_eq!(
+            kicked(&phone),
+            Some(Control::SlowConsumer),
+            "queue of 2 overflowed"
+        );
+        assert_eq!(
+            frame.encoded(Codec::Json),
+            Bytes::from_static(br#"{"type":"event","event":"token_expired","data":{}}"#)
+        );
+    }
+
+    #[test]
+    fn unregistering_the_last_device_forgets_the_user() {
+        let sessions = Sessions::new(1);
+        let (phone, _rx) = entry(&sessions, "phone", Platform::Ios);
+        sessions.register(&user(), phone.clone());
+        assert_eq!(
+            sessions.kick_all(&user(), KickReason::TokensRevoked, "revoked"),
+            1
+        );
+        sessions.unregister(&user(), phone.session);
+        assert!(sessions.devices(&user()).is_empty());
+        assert_eq!(sessions.online(), 0);
+        assert!(sessions.users.is_empty());
+    }
+}

@@ -1,1 +1,78 @@
-//! placeholder
+//! The Magpie client SDK: one [`Client`] per app installation, talking to a Magpie server over
+//! one WebSocket connection and keeping a local SQLite cache per user.
+//!
+//! What the SDK guarantees to the app (see `docs/PROTOCOL.md` §7):
+//!
+//! - **Exactly once, in order.** Every stored message of a conversation is emitted once, as
+//!   [`ClientEvent::MessageReceived`], in seq order — across reconnects and app restarts. Gaps
+//!   are filled from the server before anything after them is emitted.
+//! - **Nothing sent is lost.** [`ChatManager::send`] writes the message to a persistent outbox
+//!   first; if the connection is down it goes out, with the same `client_msg_id`, after the next
+//!   login and sync.
+//! - **It comes back on its own.** The connection is re-established with backoff, followed by a
+//!   `sync` that pulls what was missed. Kicks and expired tokens stop the loop and are reported.
+//!
+//! ```no_run
+//! # async fn demo() -> magpie_sdk::Result<()> {
+//! use magpie_sdk::{Client, ClientConfig, ClientEvent, MessageContent, UserId};
+//!
+//! let config = ClientConfig::builder("ws://127.0.0.1:8080", "/tmp/magpie-alice").build()?;
+//! let client = Client::new(config)?;
+//! let mut events = client.events(); // subscribe before login so nothing is missed
+//! client.login(UserId::new("alice")?, "token-from-your-backend").await?;
+//!
+//! let bob = UserId::new("bob")?;
+//! client.chat().send(bob, MessageContent::text("hello"), None).await?;
+//! while let Some(event) = events.recv().await {
+//!     if let ClientEvent::MessageReceived(message) = event {
+//!         println!("{}: {:?}", message.from, message.content);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Module map
+//!
+//! - [`config`]: [`ClientConfig`] and its builder, server URL normalisation, reconnect policy.
+//! - [`error`]: the [`Error`] type and its [`ErrorKind`].
+//! - [`events`]: [`ClientEvent`], the per-subscriber event fan-out.
+//! - [`model`]: what the local cache returns: [`Conversation`], [`LocalMessage`], pages.
+//! - `client`: the public [`Client`] and [`ChatManager`] handles.
+//! - `session`: one logged-in user's runtime: the connect / login / sync / reconnect loop and
+//!   the delivery pipeline from the wire to the store to the app.
+//! - `connection`: one WebSocket: framing, request/response correlation, heartbeat.
+//! - `sequencer`: the pure per-conversation cursor / gap state machine.
+//! - `sync`: the catch-up after each login.
+//! - `outbox`: pending sends: waiters and the in-order flusher.
+//! - `store`: the SQLite cache.
+//! - `backoff`: reconnect delays.
+
+mod backoff;
+mod client;
+pub mod config;
+mod connection;
+pub mod error;
+pub mod events;
+pub mod model;
+mod outbox;
+mod sequencer;
+mod session;
+mod store;
+mod sync;
+
+pub use client::{ChatManager, Client};
+pub use config::{ClientConfig, ClientConfigBuilder, ReconnectPolicy};
+pub use error::{Error, ErrorKind, Result};
+pub use events::{ClientEvent, ConnectionState, DisconnectReason, Events};
+pub use model::{
+    Conversation, HistoryAnchor, HistoryQuery, LocalMessage, LocalPage, MessageStatus,
+};
+
+/// The wire protocol crate, for the types this SDK's API is built from.
+pub use magpie_proto as proto;
+pub use magpie_proto::frame::{Direction, KickReason, LoginResponse, MessagesPage};
+pub use magpie_proto::message::DeviceInfo;
+pub use magpie_proto::{
+    Codec, ConversationId, ConversationKind, DeviceId, ErrorBody, ErrorCode, Message,
+    MessageContent, MessageId, Millis, Peer, Platform, UserId,
+};

@@ -77,10 +77,10 @@ pub struct ControlSignal {
 
 impl ControlSignal {
     fn raise(&self, control: Control) {
-        if let Ok(mut slot) = self.reason.lock() {
-            if slot.is_none() {
-                *slot = Some(control);
-            }
+        if let Ok(mut slot) = self.reason.lock()
+            && slot.is_none()
+        {
+            *slot = Some(control);
         }
         self.notify.notify_one();
     }
@@ -88,11 +88,16 @@ impl ControlSignal {
     /// Waits for a reason to close.
     pub async fn raised(&self) -> Control {
         loop {
-            if let Some(reason) = self.reason.lock().ok().and_then(|slot| slot.clone()) {
+            if let Some(reason) = self.current() {
                 return reason;
             }
             self.notify.notified().await;
         }
+    }
+
+    /// The reason to close, if one was raised already.
+    pub fn current(&self) -> Option<Control> {
+        self.reason.lock().ok().and_then(|slot| slot.clone())
     }
 }
 
@@ -299,7 +304,7 @@ mod tests {
         let (tablet, _r3) = entry(&sessions, "tablet", Platform::Android);
         assert_eq!(sessions.register(&user(), phone.clone()), 0);
         assert_eq!(sessions.register(&user(), laptop.clone()), 0);
-        assert_eq!(sessions.register(&user(), tablet.clone()), 1);
+        assert_eq!(sessions.register(&user(), tablet), 1);
         assert!(matches!(
             kicked(&phone),
             Some(Control::Kick(Kicked {
@@ -326,9 +331,9 @@ mod tests {
         let (b2, _rb2) = entry(&sessions, "b", Platform::Web);
         sessions.register(&user(), a.clone());
         sessions.register(&user(), b.clone());
-        assert_eq!(sessions.register(&user(), c.clone()), 1, "the oldest goes");
+        assert_eq!(sessions.register(&user(), c), 1, "the oldest goes");
         assert!(kicked(&a).is_some());
-        assert_eq!(sessions.register(&user(), b2.clone()), 1);
+        assert_eq!(sessions.register(&user(), b2), 1);
         assert!(matches!(
             kicked(&b),
             Some(Control::Kick(Kicked {
@@ -348,7 +353,7 @@ mod tests {
         let (phone, mut phone_rx) = entry(&sessions, "phone", Platform::Ios);
         let (laptop, mut laptop_rx) = entry(&sessions, "laptop", Platform::Linux);
         sessions.register(&user(), phone.clone());
-        sessions.register(&user(), laptop.clone());
+        sessions.register(&user(), laptop);
         let frame = SharedFrame::new(ServerFrame::Event(Event::TokenExpired(Empty)));
         assert_eq!(sessions.deliver(&user(), &frame, Some(phone.session)), 1);
         assert!(phone_rx.try_recv().is_err());

@@ -38,9 +38,11 @@ pub struct TestServer {
 /// keep the suite fast (crash durability is tested against the real binary), and limits are
 /// the production defaults.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = data_dir.to_owned();
-    config.app_secret = Some(TEST_SECRET.into());
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        app_secret: Some(TEST_SECRET.into()),
+        ..Config::default()
+    };
     config.store.durability = magpie_server::config::Durability::Normal;
     config
 }
@@ -91,10 +93,9 @@ impl TestServer {
                 .get(format!("{}/healthz", self.http_url()))
                 .send()
                 .await
+                && r.status().is_success()
             {
-                if r.status().is_success() {
-                    return;
-                }
+                return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -200,9 +201,19 @@ impl TestServer {
         self.token(id).await
     }
 
+    /// `ws://host:port/v1/ws`, the gateway endpoint.
+    pub fn ws_endpoint(&self) -> String {
+        format!("{}/v1/ws", self.ws_url())
+    }
+
     /// Opens a raw protocol connection (JSON).
     pub async fn raw(&self) -> RawClient {
-        RawClient::connect(&format!("{}/v1/ws", self.ws_url()), None)
+        RawClient::connect(&self.ws_endpoint(), None).await.unwrap()
+    }
+
+    /// Opens a raw protocol connection offering one subprotocol (e.g. MessagePack).
+    pub async fn raw_with(&self, subprotocol: &str) -> RawClient {
+        RawClient::connect(&self.ws_endpoint(), Some(subprotocol))
             .await
             .unwrap()
     }
@@ -261,4 +272,13 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// A loopback port that was free a moment ago (for servers started as separate processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for a frame before failing.
@@ -62,21 +63,46 @@ impl RawClient {
         self.ws.send(Message::text(text.into())).await.unwrap();
     }
 
+    /// Sends one WebSocket frame exactly as given — including frames a client library would
+    /// never produce (a text frame that is not UTF-8, a stray continuation frame).
+    pub async fn send_frame(&mut self, frame: Frame) {
+        self.ws.send(Message::Frame(frame)).await.unwrap();
+    }
+
     /// Sends a raw binary frame.
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         self.ws.send(Message::binary(bytes)).await.unwrap();
     }
 
+    /// Sends any value as one frame in the connection's encoding (JSON text or MessagePack
+    /// binary), for frames that are well encoded but not valid requests.
+    pub async fn send_value(&mut self, value: &Value) {
+        self.try_send_value(value).await.unwrap();
+    }
+
+    /// Like [`RawClient::send_value`], but reports a connection the server has closed
+    /// instead of panicking.
+    pub async fn try_send_value(&mut self, value: &Value) -> Result<(), Closed> {
+        let message = match self.codec {
+            Codec::Json => Message::text(value.to_string()),
+            Codec::MsgPack => Message::binary(rmp_value(value)),
+        };
+        self.ws.send(message).await.map_err(|_| Closed::Abrupt)
+    }
+
     /// Sends a request with a fresh id in the connection's codec; returns the id.
     pub async fn send(&mut self, op: &str, data: Value) -> u64 {
+        self.try_send(op, data).await.unwrap()
+    }
+
+    /// Like [`RawClient::send`], but reports a connection the server has closed instead of
+    /// panicking.
+    pub async fn try_send(&mut self, op: &str, data: Value) -> Result<u64, Closed> {
         let id = self.next_id;
         self.next_id += 1;
-        let frame = json!({"id": id, "op": op, "data": data});
-        match self.codec {
-            Codec::Json => self.send_text(frame.to_string()).await,
-            Codec::MsgPack => self.send_binary(rmp_value(&frame)).await,
-        }
-        id
+        self.try_send_value(&json!({"id": id, "op": op, "data": data}))
+            .await?;
+        Ok(id)
     }
 
     /// Sends a request and waits for its answer (skipping events).
@@ -134,6 +160,19 @@ impl RawClient {
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return Err(Closed::Abrupt),
+            }
+        }
+    }
+
+    /// Every frame that arrives within `wait` (stopping early if the connection closes).
+    pub async fn frames_within(&mut self, wait: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut frames = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.try_next_frame(left).await {
+                Ok(Some(frame)) => frames.push(frame),
+                Ok(None) | Err(_) => return frames,
             }
         }
     }

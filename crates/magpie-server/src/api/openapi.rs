@@ -166,7 +166,7 @@ pub(super) fn spec() -> Value {
             "/v1/ws": {
                 "get": {
                     "operationId": "websocket", "summary": "WebSocket upgrade for devices (docs/PROTOCOL.md)",
-                    "responses": merge(json!({"101": {"description": "switching protocols"}}), error_responses(&[("400", "unsupported_version: no offered subprotocol is spoken")]))
+                    "responses": merge(json!({"101": {"description": "switching protocols"}}), error_responses(&[("400", "unsupported_version: no offered subprotocol is spoken; bad_request: not a WebSocket upgrade")]))
                 }
             }
         }

@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use magpie_proto::Codec;
+use magpie_proto::{Codec, ErrorBody};
 
 use crate::app::App;
 use crate::error::body_response;
@@ -26,8 +27,19 @@ const READ_BUFFER: usize = 4 * 1024;
 pub(crate) async fn upgrade(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Not a WebSocket handshake — often a proxy that drops the `Upgrade` headers. Answer in
+    // the API's error format rather than axum's plain text.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return body_response(ErrorBody::bad_request(format!(
+                "not a WebSocket upgrade: {}",
+                rejection.body_text()
+            )));
+        }
+    };
     let offered: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()

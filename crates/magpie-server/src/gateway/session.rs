@@ -141,7 +141,10 @@ impl Conn {
 
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Some((close::SERVICE_RESTART, "server shutting down")),
+                _ = shutdown.cancelled() => {
+                    self.drain_in_flight().await;
+                    return Some((close::SERVICE_RESTART, "server shutting down"));
+                }
                 control = next_control(&self.control) => return self.on_control(control).await,
                 event = next_event(&mut self.events) => match event {
                     Some(frame) => {
@@ -150,8 +153,12 @@ impl Conn {
                             return None;
                         }
                     }
-                    // The registry dropped this session without a reason: treat as replaced.
-                    None => return Some((close::KICKED, "session ended")),
+                    // The registry dropped this session. A kick drops it too, right after
+                    // raising its reason: answer with that, so the `kicked` event is sent.
+                    None => match self.control.as_ref().and_then(|c| c.current()) {
+                        Some(control) => return self.on_control(control).await,
+                        None => return Some((close::KICKED, "session ended")),
+                    },
                 },
                 Some(frame) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     if self.write(&frame).await.is_err() {
@@ -161,7 +168,7 @@ impl Conn {
                 incoming = self.socket.recv(), if self.in_flight.len() < max_in_flight => {
                     let message = match incoming {
                         Some(Ok(message)) => message,
-                        Some(Err(e)) => return too_big(e),
+                        Some(Err(e)) => return read_error_ending(e),
                         None => return None,
                     };
                     self.last_heard = Instant::now();
@@ -179,7 +186,7 @@ impl Conn {
                     if self.last_heard.elapsed() >= idle_timeout {
                         return Some((close::IDLE_TIMEOUT, "idle timeout"));
                     }
-                    if self.socket.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                    if self.send(WsMessage::Ping(Bytes::new())).await.is_err() {
                         return None;
                     }
                 }
@@ -197,6 +204,19 @@ impl Conn {
                 token_timer.as_mut().reset(self.token_deadline());
             }
         }
+    }
+
+    /// Answers the requests already accepted (their writes complete anyway), so a device is
+    /// not left retrying sends that succeeded. Bounded, so shutdown cannot hang on it.
+    async fn drain_in_flight(&mut self) {
+        let drain = async {
+            while let Some(frame) = self.in_flight.next().await {
+                if self.write(&frame).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
 
     /// When the next token event is due: the warning, then the expiry.
@@ -509,7 +529,21 @@ impl Conn {
         } else {
             WsMessage::Binary(bytes)
         };
-        self.socket.send(message).await
+        self.send(message).await
+    }
+
+    /// Sends one WebSocket message. A peer that stops reading fills its socket buffers and
+    /// would park this task on the write forever, out of reach of the idle timeout, kicks and
+    /// shutdown: a write that cannot finish within the idle timeout ends the session.
+    async fn send(&mut self, message: WsMessage) -> Result<(), axum::Error> {
+        let idle_timeout = self.app.config.idle_timeout();
+        match tokio::time::timeout(idle_timeout, self.socket.send(message)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                Metrics::add(&self.app.metrics.slow_consumers, 1);
+                Err(axum::Error::new("the peer stopped reading"))
+            }
+        }
     }
 }
 
@@ -522,13 +556,25 @@ fn rate_limited(wait: Duration, what: &str) -> ErrorBody {
     body
 }
 
-/// Maps a read error to how the connection ends: an oversized frame gets 1009, anything
-/// else means the peer is gone.
-fn too_big(error: axum::Error) -> Ending {
+/// RFC 6455 close code: the peer broke the WebSocket protocol.
+const PROTOCOL_ERROR: u16 = 1002;
+/// RFC 6455 close code: a text frame was not valid UTF-8.
+const INVALID_PAYLOAD: u16 = 1007;
+
+/// Maps a read error to how the connection ends: a frame beyond the hard limit gets 1009, a
+/// WebSocket protocol violation 1002 (1007 for a text frame that is not UTF-8), so the client
+/// learns why; anything else means the peer is gone.
+fn read_error_ending(error: axum::Error) -> Ending {
     let inner = error.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => {
             Some((close::TOO_BIG, "frame exceeds the hard size limit"))
+        }
+        Some(tungstenite::Error::Utf8(_)) => {
+            Some((INVALID_PAYLOAD, "text frame is not valid UTF-8"))
+        }
+        Some(tungstenite::Error::Protocol(_)) => {
+            Some((PROTOCOL_ERROR, "WebSocket protocol violation"))
         }
         _ => None,
     }

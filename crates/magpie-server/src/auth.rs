@@ -1,11 +1,11 @@
 //! Tokens: issuing, verifying and revoking.
 //!
 //! Tokens are standard JWTs (HS256, signed with the app secret), so an app backend can inspect
-//! them with any JWT library. Claims: `sub` (user id), `iat` and `exp` (seconds), `gen`, the
-//! user's token generation at issue time, and `uct`, the user's creation time. Revoking bumps
-//! the stored generation, which invalidates every token issued before — no token list to store
-//! or replicate. A user deleted and created again under the same id is a new user with a new
-//! creation time, so the old user's tokens do not work for it.
+//! them with any JWT library. Claims: `sub` (user id), `iat` and `exp` (seconds), and `gen`,
+//! the user's token generation at issue time. Revoking bumps the stored generation, which
+//! invalidates every token issued before — no token list to store or replicate. Deleting a
+//! user bumps it too, so a user later created again under the same id cannot be reached with
+//! the old user's tokens.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -31,10 +31,6 @@ pub struct Claims {
     /// The user's token generation when issued.
     #[serde(rename = "gen")]
     pub generation: u64,
-    /// When the user was created (ms since the Unix epoch), to tell apart users that had
-    /// the same id at different times.
-    #[serde(rename = "uct")]
-    pub user_created_at: Millis,
 }
 
 impl Claims {
@@ -70,22 +66,14 @@ impl TokenSigner {
         }
     }
 
-    /// A token for `user` (created at `user_created_at`, at token generation `generation`),
-    /// valid from `now_secs` for `ttl_secs`.
-    pub fn issue(
-        &self,
-        user: &UserId,
-        user_created_at: Millis,
-        generation: u64,
-        now_secs: i64,
-        ttl_secs: u64,
-    ) -> String {
+    /// A token for `user` at token generation `generation`, valid from `now_secs` for
+    /// `ttl_secs`.
+    pub fn issue(&self, user: &UserId, generation: u64, now_secs: i64, ttl_secs: u64) -> String {
         let claims = Claims {
             sub: user.as_str().to_owned(),
             iat: now_secs,
             exp: now_secs.saturating_add(ttl_secs.min(i64::MAX as u64) as i64),
             generation,
-            user_created_at,
         };
         let payload = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signing_input = format!("{HEADER}.{payload}");
@@ -127,21 +115,10 @@ impl TokenSigner {
     }
 }
 
-/// Checks that verified claims belong to `user` as it exists now (created at
-/// `user_created_at`) and have not been revoked.
-pub fn check_claims(
-    claims: &Claims,
-    user: &UserId,
-    user_created_at: Millis,
-    current_generation: u64,
-) -> Result<()> {
+/// Checks that verified claims belong to `user` and have not been revoked.
+pub fn check_claims(claims: &Claims, user: &UserId, current_generation: u64) -> Result<()> {
     if claims.sub != user.as_str() {
         return Err(invalid("token was issued for another user"));
-    }
-    if claims.user_created_at != user_created_at {
-        return Err(invalid(
-            "token was issued for an earlier user with this id, since deleted",
-        ));
     }
     if claims.generation != current_generation {
         return Err(Error::new(ErrorCode::TokenRevoked, "token was revoked"));
@@ -154,7 +131,6 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_763_800_000;
-    const CREATED: Millis = 1_763_700_000_123;
 
     fn alice() -> UserId {
         UserId::new("alice").expect("id")
@@ -169,13 +145,13 @@ mod tests {
     #[test]
     fn issued_tokens_verify_until_they_expire() {
         let signer = TokenSigner::new("0123456789abcdef-secret");
-        let token = signer.issue(&alice(), CREATED, 3, NOW, 60);
+        let token = signer.issue(&alice(), 3, NOW, 60);
         let claims = signer.verify(&token, NOW + 59).expect("valid");
         assert_eq!(
             (claims.sub.as_str(), claims.generation, claims.exp),
             ("alice", 3, NOW + 60)
         );
-        check_claims(&claims, &alice(), CREATED, 3).expect("current generation");
+        check_claims(&claims, &alice(), 3).expect("current generation");
         let err = signer.verify(&token, NOW + 60).expect_err("expired");
         assert_eq!(err.code(), ErrorCode::TokenExpired);
     }
@@ -184,13 +160,13 @@ mod tests {
     fn forged_or_foreign_tokens_are_refused() {
         let signer = TokenSigner::new("0123456789abcdef-secret");
         let other = TokenSigner::new("another-secret-0123456789");
-        let token = other.issue(&alice(), CREATED, 0, NOW, 60);
+        let token = other.issue(&alice(), 0, NOW, 60);
         assert_eq!(
             signer.verify(&token, NOW).expect_err("wrong key").code(),
             ErrorCode::TokenInvalid
         );
 
-        let good = signer.issue(&alice(), CREATED, 0, NOW, 60);
+        let good = signer.issue(&alice(), 0, NOW, 60);
         let mut parts: Vec<&str> = good.split('.').collect();
         let forged_claims = B64.encode(br#"{"sub":"bob","iat":0,"exp":99999999999,"gen":0}"#);
         parts[1] = &forged_claims;
@@ -209,22 +185,16 @@ mod tests {
         let claims = signer.verify(&good, NOW).expect("valid");
         let bob = UserId::new("bob").expect("id");
         assert_eq!(
-            check_claims(&claims, &bob, CREATED, 0)
+            check_claims(&claims, &bob, 0)
                 .expect_err("other user")
                 .code(),
             ErrorCode::TokenInvalid
         );
         assert_eq!(
-            check_claims(&claims, &alice(), CREATED, 1)
+            check_claims(&claims, &alice(), 1)
                 .expect_err("revoked")
                 .code(),
             ErrorCode::TokenRevoked
-        );
-        assert_eq!(
-            check_claims(&claims, &alice(), CREATED + 1, 0)
-                .expect_err("an earlier alice")
-                .code(),
-            ErrorCode::TokenInvalid
         );
     }
 }

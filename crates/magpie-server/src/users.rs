@@ -122,13 +122,9 @@ impl App {
             .await?
             .ok_or_else(|| user_not_found(id))?;
         let now_secs = now_ms() / 1000;
-        let token = self.signer.issue(
-            id,
-            record.user.created_at,
-            record.token_generation,
-            now_secs,
-            ttl,
-        );
+        let token = self
+            .signer
+            .issue(id, record.token_generation, now_secs, ttl);
         Ok(IssuedToken {
             user_id: id.clone(),
             token,
@@ -158,12 +154,7 @@ impl App {
             .get_user(user)
             .await?
             .ok_or_else(|| user_not_found(user))?;
-        check_claims(
-            &claims,
-            user,
-            record.user.created_at,
-            record.token_generation,
-        )?;
+        check_claims(&claims, user, record.token_generation)?;
         Ok(claims)
     }
 }

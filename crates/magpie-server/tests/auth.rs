@@ -23,10 +23,9 @@ fn now_secs() -> i64 {
 }
 
 /// A correctly signed token with chosen times, as any JWT library holding `secret` could mint.
-/// Its user-creation and generation claims match no real user, so it only serves tests that
-/// must fail before those are checked (bad signature, expiry, unknown user).
+/// It carries token generation 0, which is a fresh user's.
 fn signed_token(secret: &str, user: &str, issued_at: i64, ttl_secs: u64) -> String {
-    TokenSigner::new(secret).issue(&UserId::new(user).unwrap(), 0, 0, issued_at, ttl_secs)
+    TokenSigner::new(secret).issue(&UserId::new(user).unwrap(), 0, issued_at, ttl_secs)
 }
 
 async fn login_error(client: &mut RawClient, user: &str, token: &str) -> Value {
@@ -232,17 +231,13 @@ async fn tokens_of_a_deleted_user_do_not_work_for_a_new_user_with_the_same_id() 
     let old = server.user_with_token("alice").await;
     let (status, _) = server.rest("DELETE", "/v1/users/alice", None).await;
     assert_eq!(status, 200);
-    // Users are told apart by their creation time in milliseconds: a deletion and a
-    // re-creation within the same millisecond are the one case this cannot see (the store
-    // keeps no record of deleted users to do better).
-    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     server.create_user("alice").await;
 
     let mut client = server.raw().await;
     let error = login_error(&mut client, "alice", &old).await;
     assert_eq!(
-        error["code"], 2001,
-        "an old token must not log in as the new alice: {error}"
+        error["code"], 2003,
+        "deleting alice revoked her tokens; they must not log in as the new alice: {error}"
     );
     let fresh = server.token("alice").await;
     assert_login_works(&mut client, "alice", &fresh).await;

@@ -154,7 +154,9 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a partial update; `NotFound` if there is no such user.
     async fn update_user(&self, id: &UserId, update: UpdateUser, now: Millis) -> StoreResult<User>;
     /// Deletes a user and their conversation rows (messages stay, the peers still see them).
-    /// Returns whether the user existed.
+    /// Returns whether the user existed. The id may be created again later: the new user
+    /// starts with a fresh profile and no conversations, but its token generation stays above
+    /// every token issued before the deletion, and its change counter keeps counting up.
     async fn delete_user(&self, id: &UserId) -> StoreResult<bool>;
     /// Invalidates every token issued so far; returns the new generation. `NotFound` if absent.
     async fn revoke_tokens(&self, id: &UserId) -> StoreResult<u64>;

@@ -47,6 +47,7 @@ macro_rules! store_test_suite {
             a_closed_store_refuses_work,
             appends_to_missing_users_fail_without_using_a_seq,
             commit_hooks_see_each_durable_append_once,
+            a_recreated_user_starts_fresh_but_keeps_its_counters,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {
@@ -646,4 +647,76 @@ pub async fn commit_hooks_see_each_durable_append_once<B: Backend>(b: &B) {
         .collect();
     assert_eq!(fresh, (1..=40).collect::<BTreeSet<u64>>());
     assert_eq!(seen.iter().filter(|(_, dup)| *dup).count(), 10);
+}
+
+pub async fn a_recreated_user_starts_fresh_but_keeps_its_counters<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob"]).await;
+    store.revoke_tokens(&uid("alice")).await.unwrap();
+    store
+        .append_message(new_message("alice", "bob", "r1", "x", 1), None)
+        .await
+        .unwrap();
+    let before = store
+        .changed_conversations(&uid("alice"), 0, 10)
+        .await
+        .unwrap();
+    let generation = store
+        .get_user(&uid("alice"))
+        .await
+        .unwrap()
+        .unwrap()
+        .token_generation;
+
+    assert!(store.delete_user(&uid("alice")).await.unwrap());
+    let err = store.revoke_tokens(&uid("alice")).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        StoreErrorKind::UserNotFound,
+        "a deleted user is gone"
+    );
+    store
+        .create_user(NewUser {
+            id: uid("alice"),
+            nickname: Some("Alice II".into()),
+            avatar_url: None,
+            ext: None,
+            now: 99,
+        })
+        .await
+        .unwrap();
+    let again = store.get_user(&uid("alice")).await.unwrap().unwrap();
+    assert_eq!(again.user.nickname.as_deref(), Some("Alice II"));
+    assert_eq!(again.user.created_at, 99);
+    assert!(
+        again.token_generation > generation,
+        "tokens of the deleted user stay revoked"
+    );
+    let fresh = store
+        .changed_conversations(&uid("alice"), 0, 10)
+        .await
+        .unwrap();
+    assert!(
+        fresh.conversations.is_empty(),
+        "the new user has no conversations yet"
+    );
+
+    store
+        .append_message(new_message("bob", "alice", "r2", "x", 2), None)
+        .await
+        .unwrap();
+    let after = store
+        .changed_conversations(&uid("alice"), before.version, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        after.conversations.len(),
+        1,
+        "the change counter kept counting up"
+    );
+    assert_eq!(after.conversations[0].last_seq, 2);
+    assert_eq!(
+        after.conversations[0].unread_count, 2,
+        "the new user has read nothing"
+    );
 }

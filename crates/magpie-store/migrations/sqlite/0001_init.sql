@@ -1,7 +1,10 @@
 -- Users and their counters. `token_generation` is bumped to revoke every token issued so far;
--- `sync_version` is the user's change counter that `sync` pages by.
+-- `sync_version` is the user's change counter that `sync` pages by. A deleted user keeps its
+-- row (`deleted = 1`, profile cleared) so that both counters survive a re-creation of the same
+-- id: the old tokens stay revoked and old sync cursors stay behind the counter.
 CREATE TABLE users (
     id               TEXT PRIMARY KEY NOT NULL,
+    deleted          INTEGER NOT NULL DEFAULT 0,
     nickname         TEXT,
     avatar_url       TEXT,
     ext              TEXT,

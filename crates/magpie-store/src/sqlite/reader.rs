@@ -119,7 +119,7 @@ pub(super) fn changed_conversations(
     // One read transaction, so the user's version and the rows come from the same snapshot.
     let tx = conn.unchecked_transaction()?;
     let current: Option<i64> = tx
-        .prepare_cached("SELECT sync_version FROM users WHERE id = ?1")?
+        .prepare_cached("SELECT sync_version FROM users WHERE id = ?1 AND deleted = 0")?
         .query_row([user.as_str()], |r| r.get(0))
         .optional()?;
     let Some(current) = current.map(|v| v as u64) else {

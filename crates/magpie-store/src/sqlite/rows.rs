@@ -150,7 +150,7 @@ pub(super) fn user_record(row: &Row<'_>) -> rusqlite::Result<crate::UserRecord> 
 
 /// Reads one user.
 pub(super) fn load_user(conn: &Connection, id: &UserId) -> StoreResult<Option<crate::UserRecord>> {
-    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1");
+    let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1 AND deleted = 0");
     conn.prepare_cached(&sql)?
         .query_row([id.as_str()], user_record)
         .optional()

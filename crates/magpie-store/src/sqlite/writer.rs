@@ -228,10 +228,15 @@ fn user_not_found(id: &UserId) -> StoreError {
 }
 
 fn create_user(conn: &Connection, u: NewUser) -> StoreResult<User> {
-    let inserted = conn
+    // A deleted id comes back to life with a fresh profile but keeps its counters.
+    let created = conn
         .prepare_cached(
             "INSERT INTO users (id, nickname, avatar_url, ext, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (id) DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+             ON CONFLICT (id) DO UPDATE SET deleted = 0, nickname = excluded.nickname, \
+               avatar_url = excluded.avatar_url, ext = excluded.ext, \
+               created_at = excluded.created_at, updated_at = excluded.updated_at \
+             WHERE users.deleted = 1",
         )?
         .execute((
             u.id.as_str(),
@@ -240,7 +245,7 @@ fn create_user(conn: &Connection, u: NewUser) -> StoreResult<User> {
             rows::json_object(u.ext.as_ref())?,
             u.now,
         ))?;
-    if inserted == 0 {
+    if created == 0 {
         return Err(StoreError::new(
             StoreErrorKind::Conflict,
             format!("user {} already exists", u.id),
@@ -289,8 +294,13 @@ fn update_user(
 }
 
 fn delete_user(conn: &Connection, id: &UserId) -> StoreResult<bool> {
+    // Deleting revokes the user's tokens: a re-created user of the same id starts above them.
     let deleted = conn
-        .prepare_cached("DELETE FROM users WHERE id = ?1")?
+        .prepare_cached(
+            "UPDATE users SET deleted = 1, token_generation = token_generation + 1, \
+               nickname = NULL, avatar_url = NULL, ext = NULL \
+             WHERE id = ?1 AND deleted = 0",
+        )?
         .execute([id.as_str()])?;
     conn.prepare_cached("DELETE FROM user_conversations WHERE user_id = ?1")?
         .execute([id.as_str()])?;
@@ -298,11 +308,14 @@ fn delete_user(conn: &Connection, id: &UserId) -> StoreResult<bool> {
 }
 
 fn revoke_tokens(conn: &Connection, id: &UserId) -> StoreResult<u64> {
-    conn.prepare_cached("UPDATE users SET token_generation = token_generation + 1 WHERE id = ?1 RETURNING token_generation")?
-        .query_row([id.as_str()], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(|g| g as u64)
-        .ok_or_else(|| user_not_found(id))
+    conn.prepare_cached(
+        "UPDATE users SET token_generation = token_generation + 1 WHERE id = ?1 AND deleted = 0 \
+             RETURNING token_generation",
+    )?
+    .query_row([id.as_str()], |r| r.get::<_, i64>(0))
+    .optional()?
+    .map(|g| g as u64)
+    .ok_or_else(|| user_not_found(id))
 }
 
 /// Bumps a user's change counter; `None` if the user no longer exists.
@@ -336,7 +349,7 @@ fn append(conn: &Connection, new: NewMessage) -> StoreResult<Appended> {
 
     for user in &new.participants {
         let exists = conn
-            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?1 AND deleted = 0")?
             .exists([user.as_str()])?;
         if !exists {
             return Err(user_not_found(user));

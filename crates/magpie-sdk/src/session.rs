@@ -740,7 +740,9 @@ impl Session {
         }
         let request = SendRequest {
             to: Peer::User(to.clone()),
-            client_msg_id: uuid::Uuid::new_v4().to_string(),
+            // Time-ordered ids keep the server's dedupe index appending at each sender's end
+            // instead of writing to a random page for every message.
+            client_msg_id: uuid::Uuid::now_v7().to_string(),
             content,
             ext,
         };

@@ -48,6 +48,7 @@ macro_rules! store_test_suite {
             appends_to_missing_users_fail_without_using_a_seq,
             commit_hooks_see_each_durable_append_once,
             a_recreated_user_starts_fresh_but_keeps_its_counters,
+            server_times_never_decrease_along_seqs,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {
@@ -719,4 +720,42 @@ pub async fn a_recreated_user_starts_fresh_but_keeps_its_counters<B: Backend>(b:
         after.conversations[0].unread_count, 2,
         "the new user has read nothing"
     );
+}
+
+pub async fn server_times_never_decrease_along_seqs<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob"]).await;
+    // A clock that steps back (or two senders racing) must not put a later seq earlier in time.
+    let times = [5_000, 3_000, 5_000, 9_000, 8_000];
+    let mut stored = Vec::new();
+    for (i, time) in times.iter().enumerate() {
+        let appended = store
+            .append_message(new_message("alice", "bob", &format!("t{i}"), "x", *time), None)
+            .await
+            .unwrap();
+        stored.push(appended.message.server_time);
+    }
+    assert_eq!(stored, vec![5_000, 5_000, 5_000, 9_000, 9_000], "the acked times");
+    let page = store
+        .get_messages(MessageQuery {
+            conversation_id: c2c("alice", "bob"),
+            direction: Direction::Forward,
+            anchor: Anchor::Time(5_000),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "equal times are all at or after the anchor");
+    let page = store
+        .get_messages(MessageQuery {
+            conversation_id: c2c("alice", "bob"),
+            direction: Direction::Backward,
+            anchor: Anchor::Time(9_000),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3], "strictly before the anchor");
 }

@@ -14,31 +14,33 @@ CREATE TABLE users (
     updated_at       INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- One row per conversation of any kind. `last_seq` is bumped in the same transaction that
--- inserts the message with that seq, so seqs are gap-free.
+-- One row per conversation of any kind, written with its first message. Its last seq is the
+-- largest seq in `messages` (a cheap lookup on that table's key), so no counter row has to be
+-- rewritten for every message.
 CREATE TABLE conversations (
     id         TEXT PRIMARY KEY NOT NULL,
     kind       TEXT NOT NULL,
-    last_seq   INTEGER NOT NULL,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 
--- Every message is stored once, whatever the number of recipients.
+-- Every message is stored once, whatever the number of recipients. The table is clustered by
+-- (conversation, seq): history pages are contiguous reads, and a message's insert touches the
+-- tail page of its conversation. `server_time` never decreases along a conversation's seqs
+-- (the writer enforces it), so time-anchored history is found by searching seqs.
 CREATE TABLE messages (
-    id              INTEGER PRIMARY KEY NOT NULL,
     conversation_id TEXT NOT NULL,
     seq             INTEGER NOT NULL,
+    id              INTEGER NOT NULL,
     sender          TEXT NOT NULL,
     recipient       TEXT NOT NULL,
     client_msg_id   TEXT NOT NULL,
     content         TEXT NOT NULL,
     ext             TEXT,
-    server_time     INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX messages_by_seq ON messages (conversation_id, seq);
+    server_time     INTEGER NOT NULL,
+    PRIMARY KEY (conversation_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX messages_by_id ON messages (id);
 CREATE UNIQUE INDEX messages_dedupe ON messages (sender, client_msg_id);
-CREATE INDEX messages_by_time ON messages (conversation_id, server_time);
 
 -- Each user's own view of a conversation: read state now, pinned / muted / draft later.
 CREATE TABLE user_conversations (

@@ -76,18 +76,23 @@ pub(super) fn max_message_id(conn: &Connection) -> StoreResult<u64> {
 }
 
 pub(super) fn get_messages(conn: &Connection, q: &MessageQuery) -> StoreResult<MessagePage> {
-    let (filter, order) = match (q.direction, q.anchor) {
-        (Direction::Backward, Anchor::None) => ("", "DESC"),
-        (Direction::Backward, Anchor::Seq(_)) => ("AND m.seq < ?2", "DESC"),
-        (Direction::Backward, Anchor::Time(_)) => ("AND m.server_time < ?2", "DESC"),
-        (Direction::Forward, Anchor::None) => ("", "ASC"),
-        (Direction::Forward, Anchor::Seq(_)) => ("AND m.seq > ?2", "ASC"),
-        (Direction::Forward, Anchor::Time(_)) => ("AND m.server_time >= ?2", "ASC"),
-    };
+    // Time anchors become seq anchors: server times never decrease along a conversation's
+    // seqs, so the first seq at or after the time splits the conversation in two.
     let anchor = match q.anchor {
-        Anchor::None => 0,
-        Anchor::Seq(seq) => seq.min(i64::MAX as u64) as i64,
-        Anchor::Time(t) => t,
+        Anchor::Time(time) => {
+            let first = first_seq_at_or_after(conn, &q.conversation_id, time)?;
+            match q.direction {
+                Direction::Forward => Anchor::Seq(first.saturating_sub(1)),
+                Direction::Backward => Anchor::Seq(first),
+            }
+        }
+        other => other,
+    };
+    let (filter, order, bound) = match (q.direction, anchor) {
+        (Direction::Backward, Anchor::Seq(seq)) => ("AND m.seq < ?2", "DESC", seq),
+        (Direction::Backward, _) => ("", "DESC", 0),
+        (Direction::Forward, Anchor::Seq(seq)) => ("AND m.seq > ?2", "ASC", seq),
+        (Direction::Forward, _) => ("", "ASC", 0),
     };
     // Fetch one extra row to learn whether the page is the last one. ?2 may go unused: SQLite
     // numbers parameters by their largest index, so binding it anyway is fine.
@@ -95,10 +100,11 @@ pub(super) fn get_messages(conn: &Connection, q: &MessageQuery) -> StoreResult<M
         "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 {filter} \
          ORDER BY m.seq {order} LIMIT ?3"
     );
+    let bound = bound.min(i64::MAX as u64) as i64;
     let limit = i64::from(q.limit) + 1;
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut messages = stmt
-        .query_map((q.conversation_id.as_str(), anchor, limit), |row| {
+        .query_map((q.conversation_id.as_str(), bound, limit), |row| {
             rows::message(row, 0)
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -110,6 +116,40 @@ pub(super) fn get_messages(conn: &Connection, q: &MessageQuery) -> StoreResult<M
     Ok(MessagePage { messages, has_more })
 }
 
+/// The first seq whose server time is at or after `time` (one past the last seq if none), by
+/// binary search over the conversation's key: a few point reads, whatever its length.
+fn first_seq_at_or_after(
+    conn: &Connection,
+    conversation: &ConversationId,
+    time: i64,
+) -> StoreResult<u64> {
+    let Some((last, _)) = conn
+        .prepare_cached(rows::LAST_MESSAGE_SQL)?
+        .query_row([conversation.as_str()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?
+    else {
+        return Ok(1);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, server_time FROM messages WHERE conversation_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
+    )?;
+    // Invariant: every seq below `low` is before `time`; every seq from `high` on is not.
+    let (mut low, mut high) = (1i64, last + 1);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        let found: Option<(i64, i64)> = stmt
+            .query_row((conversation.as_str(), mid), |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match found {
+            Some((seq, server_time)) if server_time < time => low = seq + 1,
+            _ => high = mid,
+        }
+    }
+    Ok(low as u64)
+}
+
 pub(super) fn changed_conversations(
     conn: &Connection,
     user: &UserId,
@@ -119,7 +159,7 @@ pub(super) fn changed_conversations(
     // One read transaction, so the user's version and the rows come from the same snapshot.
     let tx = conn.unchecked_transaction()?;
     let current: Option<i64> = tx
-        .prepare_cached("SELECT sync_version FROM users WHERE id = ?1 AND deleted = 0")?
+        .prepare_cached(rows::CURRENT_VERSION_SQL)?
         .query_row([user.as_str()], |r| r.get(0))
         .optional()?;
     let Some(current) = current.map(|v| v as u64) else {

@@ -8,17 +8,23 @@ use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::{StoreError, StoreResult};
 
+/// The last seq and its server time of a conversation (no row if it has no message).
+pub(super) const LAST_MESSAGE_SQL: &str =
+    "SELECT seq, server_time FROM messages WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT 1";
+
 /// The columns [`message`] reads, in order, from a table aliased `m`.
 pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.seq, m.sender, m.recipient, m.client_msg_id, m.content, m.ext, m.server_time";
 
 /// The columns [`conversation_state`] reads, in order, followed by [`MESSAGE_COLUMNS`].
 pub(super) const STATE_COLUMNS: &str =
-    "uc.conversation_id, uc.peer, uc.read_seq, uc.version, uc.updated_at, c.kind, c.last_seq";
+    "uc.conversation_id, uc.peer, uc.read_seq, uc.version, uc.updated_at, c.kind, COALESCE(m.seq, 0)";
 
-/// The FROM clause that goes with [`STATE_COLUMNS`] and a last message.
+/// The FROM clause that goes with [`STATE_COLUMNS`]: the row, its conversation, and the
+/// conversation's last message (whose seq is the conversation's last seq).
 pub(super) const STATE_FROM: &str = "user_conversations uc \
      JOIN conversations c ON c.id = uc.conversation_id \
-     LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq";
+     LEFT JOIN messages m ON m.conversation_id = uc.conversation_id \
+       AND m.seq = (SELECT MAX(seq) FROM messages WHERE conversation_id = uc.conversation_id)";
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(
@@ -124,6 +130,13 @@ pub(super) fn json_object(
         .transpose()
         .map_err(StoreError::internal)
 }
+
+/// A live user's current change counter: the largest version on their rows, or the floor kept
+/// in `users.sync_version` (which survives a deletion). One parameter, the user id; no row if
+/// the user does not exist or was deleted.
+pub(super) const CURRENT_VERSION_SQL: &str = "SELECT max(u.sync_version, \
+       COALESCE((SELECT MAX(version) FROM user_conversations WHERE user_id = u.id), 0)) \
+     FROM users u WHERE u.id = ?1 AND u.deleted = 0";
 
 /// The columns [`user_record`] reads, in order.
 pub(super) const USER_COLUMNS: &str =

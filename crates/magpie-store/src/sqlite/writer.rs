@@ -1,19 +1,21 @@
 //! The single writer thread and group commit.
 //!
 //! Every write goes through one channel to one thread that owns the write connection. The
-//! thread drains whatever queued up while it was busy, applies each write inside its own
-//! savepoint, commits the whole batch once, and only then answers the callers. This is what
+//! thread drains whatever queued up while it was busy, applies the writes in order, commits
+//! the whole batch once, and only then answers the callers. This is what
 //! makes "acked means durable" cheap: a busy server pays one commit for hundreds of messages.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use magpie_proto::message::Peer;
 use magpie_proto::rest::{UpdateUser, User};
-use magpie_proto::{ConversationId, Millis, UserId};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use magpie_proto::{ConversationId, Message, Millis, UserId};
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::Checkpointer;
 use super::rows::{self, MESSAGE_COLUMNS};
 use crate::{
     Appended, CommitObserver, NewMessage, NewUser, OnCommit, ReadOutcome, StoreError,
@@ -22,13 +24,21 @@ use crate::{
 
 type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
+/// A message with its JSON columns encoded by the submitting task, to keep that work off
+/// the writer thread.
+pub(super) struct EncodedMessage {
+    pub(super) new: NewMessage,
+    pub(super) content: String,
+    pub(super) ext: Option<String>,
+}
+
 /// A write, with where to send its result.
 pub(super) enum WriteOp {
     CreateUser(NewUser, Reply<User>),
     UpdateUser(UserId, UpdateUser, Millis, Reply<User>),
     DeleteUser(UserId, Reply<bool>),
     RevokeTokens(UserId, Reply<u64>),
-    Append(Box<NewMessage>, Option<OnCommit>, Reply<Appended>),
+    Append(Box<EncodedMessage>, Option<OnCommit>, Reply<Appended>),
     MarkRead {
         user: UserId,
         conversation: ConversationId,
@@ -54,11 +64,12 @@ impl Writer {
         conn: Connection,
         max_batch: usize,
         observer: Arc<dyn CommitObserver>,
+        checkpointer: Checkpointer,
     ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("magpie-sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch.max(1), observer.as_ref()))
+            .spawn(move || run(conn, rx, max_batch.max(1), observer.as_ref(), checkpointer))
             .map_err(StoreError::internal)?;
         Ok(Self { tx })
     }
@@ -80,11 +91,16 @@ fn closed() -> StoreError {
 }
 
 fn run(
-    mut conn: Connection,
+    conn: Connection,
     mut rx: mpsc::Receiver<WriteOp>,
     max_batch: usize,
     observer: &dyn CommitObserver,
+    mut checkpointer: Checkpointer,
 ) {
+    let mut state = State {
+        conn,
+        cache: Cache::default(),
+    };
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -94,8 +110,10 @@ fn run(
                 Err(_) => break,
             }
         }
-        if let Some(close_reply) = commit_batch(&mut conn, &mut batch, observer) {
-            let result = conn
+        if let Some(close_reply) = state.commit_batch(&mut batch, observer) {
+            checkpointer.stop();
+            let result = state
+                .conn
                 .pragma_update(None, "wal_checkpoint", "TRUNCATE")
                 .map_err(StoreError::from);
             let _ = close_reply.send(result);
@@ -147,79 +165,353 @@ fn fail(op: WriteOp, error: &StoreError) {
     }
 }
 
-/// Applies and commits one batch. Returns the reply of a `Close` found in it.
-fn commit_batch(
-    conn: &mut Connection,
-    batch: &mut Vec<WriteOp>,
-    observer: &dyn CommitObserver,
-) -> Option<Reply<()>> {
-    let started = Instant::now();
-    let size = batch.len();
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => {
+/// A refusal decided before the write touched the database: its neighbours in the batch can
+/// still commit. Every write below checks everything that can refuse it before its first
+/// statement that modifies anything, so no savepoint (and no statement journal) is needed.
+fn is_refusal(e: &StoreError) -> bool {
+    matches!(
+        e.kind(),
+        StoreErrorKind::UserNotFound
+            | StoreErrorKind::ConversationNotFound
+            | StoreErrorKind::Conflict
+    )
+}
+
+/// Cached counters the writer would otherwise read back for every message. Only the writer
+/// thread changes them in the database, so the cache is exact — as long as it is dropped
+/// whenever a transaction does not commit.
+#[derive(Default)]
+struct Cache {
+    /// Conversation id → its last seq and that message's server time.
+    last_seq: HashMap<String, (u64, i64)>,
+    /// Live user id → their change counter.
+    versions: HashMap<String, u64>,
+}
+
+/// Entries kept before the cache starts over (it refills from the database on demand).
+const CACHE_LIMIT: usize = 200_000;
+
+impl Cache {
+    fn clear(&mut self) {
+        self.last_seq.clear();
+        self.versions.clear();
+    }
+}
+
+struct State {
+    conn: Connection,
+    cache: Cache,
+}
+
+impl State {
+    /// Applies and commits one batch. Returns the reply of a `Close` found in it.
+    fn commit_batch(
+        &mut self,
+        batch: &mut Vec<WriteOp>,
+        observer: &dyn CommitObserver,
+    ) -> Option<Reply<()>> {
+        let started = Instant::now();
+        let size = batch.len();
+        if self.cache.last_seq.len() + self.cache.versions.len() > CACHE_LIMIT {
+            self.cache.clear();
+        }
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             let e = StoreError::from(e);
             tracing::error!(error = %e, "sqlite: cannot begin a write transaction");
             batch.drain(..).for_each(|op| fail(op, &e));
             return None;
         }
-    };
-    let mut completions = Vec::with_capacity(size);
-    let mut close = None;
-    for op in batch.drain(..) {
-        if let WriteOp::Close(reply) = op {
-            close = Some(reply);
-            continue;
-        }
-        match tx.savepoint() {
-            Ok(mut sp) => {
-                let (completion, ok) = apply(&sp, op);
-                let kept = if ok { sp.commit() } else { sp.rollback() };
-                if let Err(e) = kept {
-                    tracing::error!(error = %e, "sqlite: savepoint failed");
-                }
-                completions.push(completion);
+        let mut completions = Vec::with_capacity(size);
+        let mut close = None;
+        let mut abort: Option<StoreError> = None;
+        for op in batch.drain(..) {
+            if let Some(e) = &abort {
+                fail(op, e);
+                continue;
             }
-            Err(e) => fail(op, &StoreError::from(e)),
+            if let WriteOp::Close(reply) = op {
+                close = Some(reply);
+                continue;
+            }
+            let (completion, error) = self.apply(op);
+            completions.push(completion);
+            if let Some(e) = error.filter(|e| !is_refusal(e)) {
+                tracing::error!(error = %e, batch = size, "sqlite: write failed; rolling back its batch");
+                abort = Some(e);
+            }
         }
+        let outcome = match abort {
+            Some(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Some(e)
+            }
+            None => self.conn.execute_batch("COMMIT").err().map(|e| {
+                let e = StoreError::from(e);
+                tracing::error!(error = %e, batch = size, "sqlite: commit failed");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                e
+            }),
+        };
+        if outcome.is_some() {
+            self.cache.clear();
+        }
+        observer.on_commit(size, started.elapsed());
+        completions.into_iter().for_each(|c| c(outcome.as_ref()));
+        close
     }
-    let commit_error = tx.commit().err().map(StoreError::from);
-    if let Some(e) = &commit_error {
-        tracing::error!(error = %e, batch = size, "sqlite: commit failed");
-    }
-    observer.on_commit(size, started.elapsed());
-    completions
-        .into_iter()
-        .for_each(|c| c(commit_error.as_ref()));
-    close
-}
 
-/// Applies one write; the flag says whether to keep its savepoint.
-fn apply(conn: &Connection, op: WriteOp) -> (Completion, bool) {
-    fn done<T: Send + 'static>(reply: Reply<T>, result: StoreResult<T>) -> (Completion, bool) {
-        let ok = result.is_ok();
-        (complete(reply, result), ok)
+    /// Applies one write; returns its completion and its error, if any.
+    fn apply(&mut self, op: WriteOp) -> (Completion, Option<StoreError>) {
+        fn done<T: Send + 'static>(
+            reply: Reply<T>,
+            result: StoreResult<T>,
+        ) -> (Completion, Option<StoreError>) {
+            let error = result
+                .as_ref()
+                .err()
+                .map(|e| StoreError::new(e.kind(), e.message()));
+            (complete(reply, result), error)
+        }
+        match op {
+            WriteOp::CreateUser(user, reply) => done(reply, create_user(&self.conn, user)),
+            WriteOp::UpdateUser(id, update, now, reply) => {
+                done(reply, update_user(&self.conn, &id, update, now))
+            }
+            WriteOp::DeleteUser(id, reply) => {
+                let result = delete_user(&self.conn, &id);
+                self.cache.versions.remove(id.as_str());
+                done(reply, result)
+            }
+            WriteOp::RevokeTokens(id, reply) => done(reply, revoke_tokens(&self.conn, &id)),
+            WriteOp::Append(message, hook, reply) => {
+                let result = self.append(*message);
+                let error = result
+                    .as_ref()
+                    .err()
+                    .map(|e| StoreError::new(e.kind(), e.message()));
+                (complete_append(reply, result, hook), error)
+            }
+            WriteOp::MarkRead {
+                user,
+                conversation,
+                seq,
+                now,
+                reply,
+            } => {
+                let result = self.mark_read(&user, &conversation, seq, now);
+                done(reply, result)
+            }
+            WriteOp::Close(reply) => done(reply, Err(closed())),
+        }
     }
-    match op {
-        WriteOp::CreateUser(user, reply) => done(reply, create_user(conn, user)),
-        WriteOp::UpdateUser(id, update, now, reply) => {
-            done(reply, update_user(conn, &id, update, now))
+
+    /// Whether a user exists and is not deleted; loads their change counter on the way.
+    fn user_is_live(&mut self, user: &UserId) -> StoreResult<bool> {
+        if self.cache.versions.contains_key(user.as_str()) {
+            return Ok(true);
         }
-        WriteOp::DeleteUser(id, reply) => done(reply, delete_user(conn, &id)),
-        WriteOp::RevokeTokens(id, reply) => done(reply, revoke_tokens(conn, &id)),
-        WriteOp::Append(message, hook, reply) => {
-            let result = append(conn, *message);
-            let ok = result.is_ok();
-            (complete_append(reply, result, hook), ok)
+        let version: Option<i64> = self
+            .conn
+            .prepare_cached(rows::CURRENT_VERSION_SQL)?
+            .query_row([user.as_str()], |r| r.get(0))
+            .optional()?;
+        match version {
+            Some(v) => {
+                self.cache
+                    .versions
+                    .insert(user.as_str().to_owned(), v as u64);
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        WriteOp::MarkRead {
-            user,
-            conversation,
-            seq,
-            now,
-            reply,
-        } => done(reply, mark_read(conn, &user, &conversation, seq, now)),
-        WriteOp::Close(reply) => done(reply, Err(closed())),
+    }
+
+    /// Takes a live user's next change version.
+    fn next_version(&mut self, user: &UserId) -> StoreResult<u64> {
+        if !self.user_is_live(user)? {
+            return Err(user_not_found(user));
+        }
+        let version = self
+            .cache
+            .versions
+            .entry(user.as_str().to_owned())
+            .or_default();
+        *version += 1;
+        Ok(*version)
+    }
+
+    /// The conversation's last seq and the server time of that message (0, 0 if none).
+    fn last_message(&mut self, conversation: &ConversationId) -> StoreResult<(u64, i64)> {
+        if let Some(last) = self.cache.last_seq.get(conversation.as_str()) {
+            return Ok(*last);
+        }
+        let last: Option<(i64, i64)> = self
+            .conn
+            .prepare_cached(rows::LAST_MESSAGE_SQL)?
+            .query_row([conversation.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let last = last.map_or((0, 0), |(seq, time)| (seq as u64, time));
+        self.cache
+            .last_seq
+            .insert(conversation.as_str().to_owned(), last);
+        Ok(last)
+    }
+
+    fn original(&self, message: &Message) -> StoreResult<Option<Message>> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender = ?1 AND m.client_msg_id = ?2"
+        );
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row((message.from.as_str(), &message.client_msg_id), |r| {
+                rows::message(r, 0)
+            })
+            .optional()?)
+    }
+
+    fn append(&mut self, encoded: EncodedMessage) -> StoreResult<Appended> {
+        let EncodedMessage { new, content, ext } = encoded;
+        let mut message = new.message;
+        // Refusals first, before anything is written.
+        for user in &new.participants {
+            if !self.user_is_live(user)? {
+                // A retry of a message stored before the user went away still gets its original.
+                return match self.original(&message)? {
+                    Some(original) => Ok(Appended {
+                        message: original,
+                        duplicate: true,
+                    }),
+                    None => Err(user_not_found(user)),
+                };
+            }
+        }
+
+        // The seq comes from the same transaction that inserts the message: no gap can
+        // appear, and a rolled-back batch takes its seqs (and the cache) with it. The server
+        // time is raised if needed so that it never decreases along the seqs.
+        let (last_seq, last_time) = self.last_message(&message.conversation_id)?;
+        let seq = last_seq + 1;
+        message.server_time = message.server_time.max(last_time);
+        let Peer::User(recipient) = &message.to;
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO messages (id, conversation_id, seq, sender, recipient, client_msg_id, content, ext, server_time) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (sender, client_msg_id) DO NOTHING",
+            )?
+            .execute((
+                message.id.0 as i64,
+                message.conversation_id.as_str(),
+                seq as i64,
+                message.from.as_str(),
+                recipient.as_str(),
+                &message.client_msg_id,
+                &content,
+                &ext,
+                message.server_time,
+            ))?;
+        if inserted == 0 {
+            let original = self.original(&message)?.ok_or_else(|| {
+                StoreError::new(
+                    StoreErrorKind::Internal,
+                    "dedupe conflict without an original message",
+                )
+            })?;
+            return Ok(Appended {
+                message: original,
+                duplicate: true,
+            });
+        }
+        message.seq = seq;
+        let conversation = message.conversation_id.as_str();
+        let now = message.server_time;
+        if seq == 1 {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO conversations (id, kind, created_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute((
+                    conversation,
+                    rows::kind_to_sql(message.conversation_id.kind()),
+                    now,
+                ))?;
+        }
+        self.cache
+            .last_seq
+            .insert(conversation.to_owned(), (seq, message.server_time));
+
+        for user in &new.participants {
+            let version = self.next_version(user)?;
+            let read_seq = if *user == message.from { seq } else { 0 };
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO user_conversations (user_id, conversation_id, peer, read_seq, version, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
+                       version = excluded.version, updated_at = excluded.updated_at, \
+                       read_seq = max(read_seq, excluded.read_seq)",
+                )?
+                .execute((
+                    user.as_str(),
+                    conversation,
+                    message.conversation_id.c2c_peer(user).as_ref().map(UserId::as_str),
+                    read_seq as i64,
+                    version as i64,
+                    now,
+                ))?;
+        }
+        Ok(Appended {
+            message,
+            duplicate: false,
+        })
+    }
+
+    fn mark_read(
+        &mut self,
+        user: &UserId,
+        conversation: &ConversationId,
+        seq: u64,
+        now: Millis,
+    ) -> StoreResult<ReadOutcome> {
+        let not_found = || {
+            StoreError::new(
+                StoreErrorKind::ConversationNotFound,
+                format!("{user} has no conversation {conversation}"),
+            )
+        };
+        let mut state = rows::load_state(&self.conn, user, conversation)?.ok_or_else(not_found)?;
+        state.last_message = None;
+        let target = seq.min(state.last_seq);
+        if target <= state.read_seq {
+            return Ok(ReadOutcome {
+                state,
+                changed: false,
+            });
+        }
+        let version = self.next_version(user)?;
+        self.conn
+            .prepare_cached(
+                "UPDATE user_conversations SET read_seq = ?3, version = ?4, updated_at = ?5 \
+                 WHERE user_id = ?1 AND conversation_id = ?2",
+            )?
+            .execute((
+                user.as_str(),
+                conversation.as_str(),
+                target as i64,
+                version as i64,
+                now,
+            ))?;
+        state.read_seq = target;
+        state.unread_count = state.last_seq - target;
+        state.version = version;
+        state.updated_at = now;
+        Ok(ReadOutcome {
+            state,
+            changed: true,
+        })
     }
 }
 
@@ -280,182 +572,41 @@ fn update_user(
         user.ext = ext;
     }
     user.updated_at = now;
+    let ext = rows::json_object(user.ext.as_ref())?;
     conn.prepare_cached(
         "UPDATE users SET nickname = ?2, avatar_url = ?3, ext = ?4, updated_at = ?5 WHERE id = ?1",
     )?
-    .execute((
-        id.as_str(),
-        &user.nickname,
-        &user.avatar_url,
-        rows::json_object(user.ext.as_ref())?,
-        now,
-    ))?;
+    .execute((id.as_str(), &user.nickname, &user.avatar_url, ext, now))?;
     Ok(user)
 }
 
 fn delete_user(conn: &Connection, id: &UserId) -> StoreResult<bool> {
-    // Deleting revokes the user's tokens: a re-created user of the same id starts above them.
+    // Deleting revokes the user's tokens, and the change counter is kept in the row, so a
+    // re-created user of the same id starts above both.
     let deleted = conn
         .prepare_cached(
             "UPDATE users SET deleted = 1, token_generation = token_generation + 1, \
+               sync_version = max(sync_version, \
+                 COALESCE((SELECT MAX(version) FROM user_conversations WHERE user_id = ?1), 0)), \
                nickname = NULL, avatar_url = NULL, ext = NULL \
              WHERE id = ?1 AND deleted = 0",
         )?
         .execute([id.as_str()])?;
+    if deleted == 0 {
+        return Ok(false);
+    }
     conn.prepare_cached("DELETE FROM user_conversations WHERE user_id = ?1")?
         .execute([id.as_str()])?;
-    Ok(deleted > 0)
+    Ok(true)
 }
 
 fn revoke_tokens(conn: &Connection, id: &UserId) -> StoreResult<u64> {
     conn.prepare_cached(
         "UPDATE users SET token_generation = token_generation + 1 WHERE id = ?1 AND deleted = 0 \
-             RETURNING token_generation",
+         RETURNING token_generation",
     )?
     .query_row([id.as_str()], |r| r.get::<_, i64>(0))
     .optional()?
     .map(|g| g as u64)
     .ok_or_else(|| user_not_found(id))
-}
-
-/// Bumps a user's change counter; `None` if the user no longer exists.
-fn next_version(conn: &Connection, user: &UserId) -> StoreResult<Option<u64>> {
-    Ok(conn
-        .prepare_cached(
-            "UPDATE users SET sync_version = sync_version + 1 WHERE id = ?1 RETURNING sync_version",
-        )?
-        .query_row([user.as_str()], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(|v| v as u64))
-}
-
-fn append(conn: &Connection, new: NewMessage) -> StoreResult<Appended> {
-    let mut message = new.message;
-    let dedupe_sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender = ?1 AND m.client_msg_id = ?2"
-    );
-    if let Some(original) = conn
-        .prepare_cached(&dedupe_sql)?
-        .query_row((message.from.as_str(), &message.client_msg_id), |r| {
-            rows::message(r, 0)
-        })
-        .optional()?
-    {
-        return Ok(Appended {
-            message: original,
-            duplicate: true,
-        });
-    }
-
-    for user in &new.participants {
-        let exists = conn
-            .prepare_cached("SELECT 1 FROM users WHERE id = ?1 AND deleted = 0")?
-            .exists([user.as_str()])?;
-        if !exists {
-            return Err(user_not_found(user));
-        }
-    }
-
-    let conversation = message.conversation_id.as_str();
-    let now = message.server_time;
-    // The seq comes from the same transaction that inserts the message: no gap can appear,
-    // and a rolled-back batch takes its seqs with it.
-    let seq: i64 = conn
-        .prepare_cached(
-            "INSERT INTO conversations (id, kind, last_seq, created_at, updated_at) VALUES (?1, ?2, 1, ?3, ?3) \
-             ON CONFLICT (id) DO UPDATE SET last_seq = last_seq + 1, updated_at = excluded.updated_at \
-             RETURNING last_seq",
-        )?
-        .query_row(
-            (conversation, rows::kind_to_sql(message.conversation_id.kind()), now),
-            |r| r.get(0),
-        )?;
-    message.seq = seq as u64;
-    let Peer::User(recipient) = &message.to;
-    conn.prepare_cached(
-        "INSERT INTO messages (id, conversation_id, seq, sender, recipient, client_msg_id, content, ext, server_time) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute((
-        message.id.0 as i64,
-        conversation,
-        seq,
-        message.from.as_str(),
-        recipient.as_str(),
-        &message.client_msg_id,
-        serde_json::to_string(&message.content).map_err(StoreError::internal)?,
-        rows::json_object(message.ext.as_ref())?,
-        now,
-    ))?;
-
-    for user in &new.participants {
-        let Some(version) = next_version(conn, user)? else {
-            continue;
-        };
-        let read_seq = if *user == message.from { seq } else { 0 };
-        conn.prepare_cached(
-            "INSERT INTO user_conversations (user_id, conversation_id, peer, read_seq, version, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
-               version = excluded.version, updated_at = excluded.updated_at, \
-               read_seq = max(read_seq, excluded.read_seq)",
-        )?
-        .execute((
-            user.as_str(),
-            conversation,
-            message.conversation_id.c2c_peer(user).as_ref().map(UserId::as_str),
-            read_seq,
-            version as i64,
-            now,
-        ))?;
-    }
-    Ok(Appended {
-        message,
-        duplicate: false,
-    })
-}
-
-fn mark_read(
-    conn: &Connection,
-    user: &UserId,
-    conversation: &ConversationId,
-    seq: u64,
-    now: Millis,
-) -> StoreResult<ReadOutcome> {
-    let not_found = || {
-        StoreError::new(
-            StoreErrorKind::ConversationNotFound,
-            format!("{user} has no conversation {conversation}"),
-        )
-    };
-    let mut state = rows::load_state(conn, user, conversation)?.ok_or_else(not_found)?;
-    let target = seq.min(state.last_seq);
-    if target <= state.read_seq {
-        state.last_message = None;
-        return Ok(ReadOutcome {
-            state,
-            changed: false,
-        });
-    }
-    let version = next_version(conn, user)?.ok_or_else(|| user_not_found(user))?;
-    conn.prepare_cached(
-        "UPDATE user_conversations SET read_seq = ?3, version = ?4, updated_at = ?5 \
-         WHERE user_id = ?1 AND conversation_id = ?2",
-    )?
-    .execute((
-        user.as_str(),
-        conversation.as_str(),
-        target as i64,
-        version as i64,
-        now,
-    ))?;
-    state.read_seq = target;
-    state.unread_count = state.last_seq - target;
-    state.version = version;
-    state.updated_at = now;
-    state.last_message = None;
-    Ok(ReadOutcome {
-        state,
-        changed: true,
-    })
 }

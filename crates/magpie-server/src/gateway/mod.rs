@@ -62,7 +62,8 @@ pub(crate) async fn upgrade(
     let limits = &app.config.gateway;
     let mut ws = ws
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        // Frames are buffered until a flush (the session flushes after each batch of events).
+        .write_buffer_size(8 * 1024)
         .max_write_buffer_size(limits.hard_frame_bytes * 4)
         .max_message_size(limits.hard_frame_bytes)
         .max_frame_size(limits.hard_frame_bytes);

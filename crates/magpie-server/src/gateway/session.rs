@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
 use magpie_proto::frame::{
     ClientFrame, DeviceList, Empty, FrameHead, LoginRequest, LoginResponse, Payload, Pong,
     TokenInfo, close,
@@ -148,8 +148,7 @@ impl Conn {
                 control = next_control(&self.control) => return self.on_control(control).await,
                 event = next_event(&mut self.events) => match event {
                     Some(frame) => {
-                        let bytes = frame.encoded(self.codec);
-                        if self.write_bytes(bytes).await.is_err() {
+                        if self.write_events(frame).await.is_err() {
                             return None;
                         }
                     }
@@ -521,15 +520,39 @@ impl Conn {
     }
 
     async fn write_bytes(&mut self, bytes: Bytes) -> Result<(), axum::Error> {
-        let message = if self.codec.is_text() {
-            match Utf8Bytes::try_from(bytes) {
-                Ok(text) => WsMessage::Text(text),
-                Err(_) => return Ok(()),
+        match ws_message(self.codec, bytes) {
+            Some(message) => self.send(message).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes an event and the events queued behind it with a single flush, so a busy device
+    /// costs one socket write per batch rather than per event. Bounded like every write.
+    async fn write_events(&mut self, first: Arc<SharedFrame>) -> Result<(), axum::Error> {
+        let idle_timeout = self.app.config.idle_timeout();
+        let codec = self.codec;
+        let (socket, events) = (&mut self.socket, &mut self.events);
+        let batch = async move {
+            let mut next = Some(first);
+            let mut queued = 0;
+            while let Some(frame) = next.take() {
+                if let Some(message) = ws_message(codec, frame.encoded(codec)) {
+                    socket.feed(message).await?;
+                }
+                queued += 1;
+                if queued < MAX_WRITE_BATCH {
+                    next = events.as_mut().and_then(|events| events.try_recv().ok());
+                }
             }
-        } else {
-            WsMessage::Binary(bytes)
+            socket.flush().await
         };
-        self.send(message).await
+        match tokio::time::timeout(idle_timeout, batch).await {
+            Ok(written) => written,
+            Err(_) => {
+                Metrics::add(&self.app.metrics.slow_consumers, 1);
+                Err(axum::Error::new("the peer stopped reading"))
+            }
+        }
     }
 
     /// Sends one WebSocket message. A peer that stops reading fills its socket buffers and
@@ -544,6 +567,20 @@ impl Conn {
                 Err(axum::Error::new("the peer stopped reading"))
             }
         }
+    }
+}
+
+/// Events written before one flush.
+const MAX_WRITE_BATCH: usize = 64;
+
+/// A frame's bytes as the WebSocket message its codec uses.
+fn ws_message(codec: Codec, bytes: Bytes) -> Option<WsMessage> {
+    if codec.is_text() {
+        // Our own JSON is always UTF-8; a failure here would be a bug, and dropping the frame
+        // beats sending garbage.
+        Utf8Bytes::try_from(bytes).ok().map(WsMessage::Text)
+    } else {
+        Some(WsMessage::Binary(bytes))
     }
 }
 

@@ -12,6 +12,9 @@ use magpie_proto::message::{Peer, validate_client_msg_id};
 use magpie_proto::{
     ConversationId, ConversationState, ErrorCode, Event, Message, ServerFrame, UserId,
 };
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 use magpie_store::{Anchor, Appended, MessageQuery, NewMessage, OnCommit};
 
 use crate::app::App;
@@ -61,58 +64,21 @@ fn deliver_message(
 impl App {
     /// Stores and delivers a message (or, for a command, only delivers it).
     ///
-    /// Ordering matters here: everything before the store call is synchronous, so sends that
-    /// one connection issues back to back reach the store — and get their seqs — in order.
-    pub async fn send_message(
-        &self,
+    /// Not an `async fn` on purpose: validation and the store's queueing happen during this
+    /// call, so sends that one connection issues back to back get their seqs in the order it
+    /// issued them, whatever order their futures are polled in later.
+    pub fn send_message(
+        self: &Arc<Self>,
         origin: &Origin,
         request: SendRequest,
-    ) -> Result<SendResponse> {
-        let Peer::User(to) = &request.to;
-        if *to == origin.user {
-            return Err(Error::bad_request("cannot send a message to yourself"));
-        }
-        validate_client_msg_id(&request.client_msg_id)?;
-        request.content.validate()?;
-        let size = serde_json::to_vec(&request.content)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX)
-            + request.ext.as_ref().map_or(0, |ext| {
-                serde_json::to_vec(ext)
-                    .map(|v| v.len())
-                    .unwrap_or(usize::MAX)
-            });
-        let max = self.config.limits.max_message_bytes;
-        if size > max {
-            return Err(Error::new(
-                ErrorCode::TooLarge,
-                format!("message is {size} bytes encoded; the limit is {max}"),
-            ));
-        }
-
-        let now = now_ms();
-        let message = Message {
-            id: self.ids.next(now),
-            conversation_id: ConversationId::c2c(&origin.user, to),
-            seq: 0,
-            from: origin.user.clone(),
-            to: request.to.clone(),
-            client_msg_id: request.client_msg_id,
-            content: request.content,
-            ext: request.ext,
-            server_time: now,
+    ) -> BoxFuture<'static, Result<SendResponse>> {
+        let message = match self.checked_message(origin, request) {
+            Ok(message) => message,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-
         if !message.content.is_stored() {
-            if self.store.get_user(to).await?.is_none() {
-                return Err(Error::new(ErrorCode::UserNotFound, format!("no user {to}")));
-            }
-            deliver_message(&self.sessions, &self.metrics, &message, origin.session);
-            Metrics::add(&self.metrics.commands, 1);
-            return Ok(SendResponse {
-                message,
-                duplicate: false,
-            });
+            let (app, from_session) = (self.clone(), origin.session);
+            return Box::pin(async move { app.relay_command(message, from_session).await });
         }
 
         let (sessions, metrics, from_session) =
@@ -124,26 +90,76 @@ impl App {
                 deliver_message(&sessions, &metrics, &appended.message, from_session);
             }
         });
-        let participants = vec![origin.user.clone(), to.clone()];
-        let appended = self
-            .store
-            .append_message(
-                NewMessage {
-                    message,
-                    participants,
-                },
-                Some(on_commit),
-            )
-            .await?;
-        let counter = if appended.duplicate {
-            &self.metrics.messages_duplicate
-        } else {
-            &self.metrics.messages_stored
-        };
-        Metrics::add(counter, 1);
+        let Peer::User(to) = &message.to;
+        let participants = vec![message.from.clone(), to.clone()];
+        let appending = self.store.append_message(
+            NewMessage {
+                message,
+                participants,
+            },
+            Some(on_commit),
+        );
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let appended = appending.await?;
+            let counter = if appended.duplicate {
+                &metrics.messages_duplicate
+            } else {
+                &metrics.messages_stored
+            };
+            Metrics::add(counter, 1);
+            Ok(SendResponse {
+                message: appended.message,
+                duplicate: appended.duplicate,
+            })
+        })
+    }
+
+    /// Validates a send and builds the message with its id and server time.
+    fn checked_message(&self, origin: &Origin, request: SendRequest) -> Result<Message> {
+        let Peer::User(to) = &request.to;
+        if *to == origin.user {
+            return Err(Error::bad_request("cannot send a message to yourself"));
+        }
+        validate_client_msg_id(&request.client_msg_id)?;
+        request.content.validate()?;
+        let size = json_len(&request.content) + request.ext.as_ref().map_or(0, json_len);
+        let max = self.config.limits.max_message_bytes;
+        if size > max {
+            return Err(Error::new(
+                ErrorCode::TooLarge,
+                format!("message is {size} bytes encoded; the limit is {max}"),
+            ));
+        }
+        let now = now_ms();
+        Ok(Message {
+            id: self.ids.next(now),
+            conversation_id: ConversationId::c2c(&origin.user, to),
+            seq: 0,
+            from: origin.user.clone(),
+            to: request.to,
+            client_msg_id: request.client_msg_id,
+            content: request.content,
+            ext: request.ext,
+            server_time: now,
+        })
+    }
+
+    /// Delivers a transient command to the devices online now; nothing is stored.
+    async fn relay_command(
+        &self,
+        message: Message,
+        from_session: Option<SessionId>,
+    ) -> Result<SendResponse> {
+        let Peer::User(to) = &message.to;
+        if self.store.get_user(to).await?.is_none() {
+            return Err(Error::new(ErrorCode::UserNotFound, format!("no user {to}")));
+        }
+        deliver_message(&self.sessions, &self.metrics, &message, from_session);
+        Metrics::add(&self.metrics.commands, 1);
         Ok(SendResponse {
-            message: appended.message,
-            duplicate: appended.duplicate,
+            message,
+            duplicate: false,
         })
     }
 
@@ -220,6 +236,25 @@ impl App {
             Metrics::add(&self.metrics.deliveries, delivered as u64);
         }
         Ok(outcome.state)
+    }
+}
+
+/// The length of a value's JSON encoding, counted without building it.
+fn json_len<T: serde::Serialize>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
     }
 }
 

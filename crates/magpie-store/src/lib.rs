@@ -29,6 +29,10 @@ pub use error::{StoreError, StoreErrorKind};
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// An append that is already queued; resolves when it is durable (or failed).
+pub type Appending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<Appended>> + Send>>;
+
 /// A user as stored: the public profile plus the server-side counters.
 #[derive(Clone, PartialEq, Debug)]
 pub struct UserRecord {
@@ -165,11 +169,12 @@ pub trait Store: Send + Sync + 'static {
     /// stored before, in which case the original is returned with `duplicate: true`.
     /// Updates each participant's conversation row; the sender's read seq moves to the message.
     /// `on_commit` runs once the outcome is durable (also for a duplicate).
-    async fn append_message(
-        &self,
-        message: NewMessage,
-        on_commit: Option<OnCommit>,
-    ) -> StoreResult<Appended>;
+    ///
+    /// Not an `async fn` on purpose: the append is queued **when this is called**, before the
+    /// returned future is first polled, so appends issued one after another by a caller are
+    /// applied — and get their seqs — in that order, however their futures are later polled.
+    /// When the store cannot queue more writes the future resolves to `Unavailable` at once.
+    fn append_message(&self, message: NewMessage, on_commit: Option<OnCommit>) -> Appending;
     /// A page of a conversation's history.
     async fn get_messages(&self, query: MessageQuery) -> StoreResult<MessagePage>;
     /// The largest message id ever stored (0 if none), so id generators never go backwards.

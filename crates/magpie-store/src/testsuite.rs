@@ -49,6 +49,7 @@ macro_rules! store_test_suite {
             commit_hooks_see_each_durable_append_once,
             a_recreated_user_starts_fresh_but_keeps_its_counters,
             server_times_never_decrease_along_seqs,
+            appends_take_seqs_in_call_order_not_poll_order,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {
@@ -730,12 +731,19 @@ pub async fn server_times_never_decrease_along_seqs<B: Backend>(b: &B) {
     let mut stored = Vec::new();
     for (i, time) in times.iter().enumerate() {
         let appended = store
-            .append_message(new_message("alice", "bob", &format!("t{i}"), "x", *time), None)
+            .append_message(
+                new_message("alice", "bob", &format!("t{i}"), "x", *time),
+                None,
+            )
             .await
             .unwrap();
         stored.push(appended.message.server_time);
     }
-    assert_eq!(stored, vec![5_000, 5_000, 5_000, 9_000, 9_000], "the acked times");
+    assert_eq!(
+        stored,
+        vec![5_000, 5_000, 5_000, 9_000, 9_000],
+        "the acked times"
+    );
     let page = store
         .get_messages(MessageQuery {
             conversation_id: c2c("alice", "bob"),
@@ -746,7 +754,11 @@ pub async fn server_times_never_decrease_along_seqs<B: Backend>(b: &B) {
         .await
         .unwrap();
     let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "equal times are all at or after the anchor");
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5],
+        "equal times are all at or after the anchor"
+    );
     let page = store
         .get_messages(MessageQuery {
             conversation_id: c2c("alice", "bob"),
@@ -758,4 +770,19 @@ pub async fn server_times_never_decrease_along_seqs<B: Backend>(b: &B) {
         .unwrap();
     let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3], "strictly before the anchor");
+}
+
+pub async fn appends_take_seqs_in_call_order_not_poll_order<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob"]).await;
+    let appending: Vec<_> = (0..20)
+        .map(|i| store.append_message(new_message("alice", "bob", &format!("o{i}"), "x", 1), None))
+        .collect();
+    let mut seqs = Vec::new();
+    // Await them last first: the order they were called in must decide the seqs.
+    for future in appending.into_iter().rev() {
+        seqs.push(future.await.unwrap().message.seq);
+    }
+    seqs.reverse();
+    assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
 }

@@ -378,10 +378,9 @@ impl Conn {
                 if let Err(wait) = self.sends.take(Instant::now()) {
                     return self.reply_error(head, rate_limited(wait, "messages")).await;
                 }
-                let app = self.app.clone();
-                self.queue(id, "send", async move {
-                    app.send_message(&origin, request).await.map(Response::Send)
-                });
+                // Called here, in arrival order: the store queues the append now.
+                let sending = self.app.send_message(&origin, request);
+                self.queue(id, "send", async move { sending.await.map(Response::Send) });
                 return Ok(());
             }
             Request::Sync(request) => {

@@ -26,8 +26,8 @@ use magpie_proto::rest::{UpdateUser, User};
 use magpie_proto::{ConversationId, ConversationState, Millis, UserId};
 
 use crate::{
-    Appended, CommitObserver, MessagePage, MessageQuery, NewMessage, NewUser, NoObserver, OnCommit,
-    ReadOutcome, Store, StoreError, StoreErrorKind, StoreResult, SyncPage, UserRecord,
+    Appending, CommitObserver, MessagePage, MessageQuery, NewMessage, NewUser, NoObserver,
+    OnCommit, ReadOutcome, Store, StoreError, StoreErrorKind, StoreResult, SyncPage, UserRecord,
 };
 use reader::ReadPool;
 use writer::{EncodedMessage, WriteOp, Writer};
@@ -206,21 +206,18 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn append_message(
-        &self,
-        message: NewMessage,
-        on_commit: Option<OnCommit>,
-    ) -> StoreResult<Appended> {
-        self.check_open()?;
-        let encoded = EncodedMessage {
-            content: serde_json::to_string(&message.message.content)
-                .map_err(StoreError::internal)?,
-            ext: rows::json_object(message.message.ext.as_ref())?,
-            new: message,
-        };
-        self.writer
-            .submit(|reply| WriteOp::Append(Box::new(encoded), on_commit, reply))
-            .await
+    fn append_message(&self, message: NewMessage, on_commit: Option<OnCommit>) -> Appending {
+        let queued = self.check_open().and_then(|()| {
+            let encoded = EncodedMessage {
+                content: serde_json::to_string(&message.message.content)
+                    .map_err(StoreError::internal)?,
+                ext: rows::json_object(message.message.ext.as_ref())?,
+                new: message,
+            };
+            self.writer
+                .queue(|reply| WriteOp::Append(Box::new(encoded), on_commit, reply))
+        });
+        Box::pin(async move { queued?.await })
     }
 
     async fn get_messages(&self, query: MessageQuery) -> StoreResult<MessagePage> {

@@ -16,8 +16,7 @@ pub(super) const LAST_MESSAGE_SQL: &str =
 pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.seq, m.sender, m.recipient, m.client_msg_id, m.content, m.ext, m.server_time";
 
 /// The columns [`conversation_state`] reads, in order, followed by [`MESSAGE_COLUMNS`].
-pub(super) const STATE_COLUMNS: &str =
-    "uc.conversation_id, uc.peer, uc.read_seq, uc.version, uc.updated_at, c.kind, COALESCE(m.seq, 0)";
+pub(super) const STATE_COLUMNS: &str = "uc.conversation_id, uc.peer, uc.read_seq, uc.version, uc.updated_at, c.kind, COALESCE(m.seq, 0)";
 
 /// The FROM clause that goes with [`STATE_COLUMNS`]: the row, its conversation, and the
 /// conversation's last message (whose seq is the conversation's last seq).

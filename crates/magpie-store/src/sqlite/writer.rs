@@ -81,6 +81,23 @@ impl Writer {
         result.await.map_err(|_| closed())?
     }
 
+    /// Queues a write now, without waiting for room; the returned future waits for its result.
+    /// Writes queued one after another are applied in that order.
+    pub(super) fn queue<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> WriteOp,
+    ) -> StoreResult<impl std::future::Future<Output = StoreResult<T>> + Send + 'static> {
+        let (reply, result) = oneshot::channel();
+        self.tx.try_send(make(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::new(
+                StoreErrorKind::Unavailable,
+                "the store's write queue is full; retry shortly",
+            ),
+            mpsc::error::TrySendError::Closed(_) => closed(),
+        })?;
+        Ok(async move { result.await.map_err(|_| closed())? })
+    }
+
     pub(super) async fn close(&self) -> StoreResult<()> {
         self.submit(WriteOp::Close).await
     }

@@ -1,0 +1,574 @@
+//! The command line, and the glue around a scenario: spawn (or find) the systems under test,
+//! run, print the summary table, write `--json` and `--plot`, and turn correctness into the
+//! exit status (0 passed, 1 a correctness check failed; errors exit 2 from `main`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use magpie_proto::Codec;
+use serde::Serialize;
+
+use crate::client::SourceAddrs;
+use crate::progress::Progress;
+use crate::report::{self, Document, Meta, plot, table};
+use crate::scenarios::Common;
+use crate::scenarios::c2c::{self, C2cOptions, LoadMode, SuiteOptions};
+use crate::scenarios::catchup::{self, CatchupOptions};
+use crate::scenarios::idle::{self, IdleOptions};
+use crate::scenarios::login::{self, LoginOptions};
+use crate::target::{self, Spawned, Target};
+
+/// magpie-bench: load generator for the Magpie server, with a bare WebSocket relay as the
+/// baseline. By default every scenario spawns the server under test itself.
+#[derive(Debug, Parser)]
+#[command(name = "magpie-bench", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The scenario (or the relay).
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open N authenticated connections, hold them, report server RSS per connection.
+    Idle(IdleArgs),
+    /// One-to-one messages between U online users: throughput, latency, exactly-once checks.
+    C2c(C2cArgs),
+    /// A login storm: N devices log in and finish their sync.
+    Login(LoginArgs),
+    /// A fresh SDK device of a user with C conversations x K new messages: time to synced.
+    Catchup(CatchupArgs),
+    /// Run the bare WebSocket relay (the baseline); prints `listening on ADDR`.
+    Relay(RelayArgs),
+}
+
+/// Which server to benchmark.
+#[derive(Debug, Args, Clone)]
+pub struct TargetArgs {
+    /// The `magpie` binary to spawn [default: `magpie` next to this executable].
+    #[arg(long, value_name = "PATH")]
+    pub magpie_bin: Option<PathBuf>,
+    /// Benchmark an already running server (http://host:port) instead of spawning one.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The app secret of --server.
+    #[arg(long, value_name = "S")]
+    pub secret: Option<String>,
+    /// The pid of --server, to sample its RSS and CPU from /proc.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// A TOML config for the spawned server instead of the generated one (rate limits
+    /// lifted, everything else default).
+    #[arg(long, value_name = "FILE")]
+    pub server_config: Option<PathBuf>,
+    /// Where the spawned server's temporary data directory goes [default: the temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub data_parent: Option<PathBuf>,
+    /// Keep the spawned server's data directory and log after the run.
+    #[arg(long)]
+    pub keep_data: bool,
+}
+
+/// Output and client settings every scenario shares.
+#[derive(Debug, Args, Clone)]
+pub struct CommonArgs {
+    /// Wire encoding of the clients.
+    #[arg(long, value_enum, default_value_t = CodecArg::Json)]
+    pub codec: CodecArg,
+    /// Write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write SVG plots into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub plot: Option<PathBuf>,
+    /// Interval of the /proc sampler, milliseconds.
+    #[arg(long, default_value_t = 250, value_name = "MS")]
+    pub sample_ms: u64,
+    /// Spread client sockets over 127.0.0.1 … 127.0.0.N (0: let the kernel pick).
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub source_ips: u8,
+    /// REST calls in flight while creating users.
+    #[arg(long, default_value_t = crate::rest::DEFAULT_CONCURRENCY, value_name = "N")]
+    pub rest_concurrency: usize,
+    /// No progress bars.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// No progress bars and no status lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `--codec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CodecArg {
+    /// JSON text frames (`magpie.v1.json`).
+    Json,
+    /// MessagePack binary frames (`magpie.v1.msgpack`).
+    Msgpack,
+}
+
+/// `idle`.
+#[derive(Debug, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Connections to open and hold.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    connections: usize,
+    /// Connections per RSS sample (the step of the RSS-vs-connections series).
+    #[arg(long, default_value_t = 10_000)]
+    step: usize,
+    /// Handshakes + logins in flight.
+    #[arg(long, default_value_t = 500)]
+    concurrency: usize,
+    /// Devices per user (1 to 4, one per platform class).
+    #[arg(long, default_value_t = 4)]
+    devices_per_user: usize,
+    /// How long to hold every connection before the final sample.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    hold: Duration,
+    /// Skip the final ping of every connection.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+/// `c2c`.
+#[derive(Debug, Args)]
+pub struct C2cArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Online users; user i sends to user (i + 1) % U.
+    #[arg(long, short = 'u', default_value_t = 100)]
+    users: usize,
+    /// Message text size in bytes.
+    #[arg(long, short = 's', default_value_t = 100)]
+    size: usize,
+    /// Closed loop: sends in flight per sender.
+    #[arg(long, short = 'w', default_value_t = 10, conflicts_with = "rate")]
+    window: usize,
+    /// Open loop: total offered messages per second (fixed timetable; latency from the
+    /// scheduled time).
+    #[arg(long, short = 'r')]
+    rate: Option<f64>,
+    /// Measured window.
+    #[arg(long, short = 'd', default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before the measured window.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Longest wait for the last answers and deliveries after the window.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Run the same load against the relay baseline first and report Magpie / relay.
+    #[arg(long)]
+    with_relay: bool,
+    /// Open-loop steps after the base run, as fractions of Magpie's measured maximum (or of
+    /// --rate), e.g. 0.1,0.25,0.5,0.75,0.9.
+    #[arg(long, value_delimiter = ',', value_name = "FRACTIONS")]
+    sweep: Vec<f64>,
+}
+
+/// `login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Devices that log in.
+    #[arg(long, short = 'n', default_value_t = 5_000)]
+    devices: usize,
+    /// Devices connecting and syncing at once.
+    #[arg(long, default_value_t = 500)]
+    concurrency: usize,
+    /// Devices per user (1 to 4).
+    #[arg(long, default_value_t = 1)]
+    devices_per_user: usize,
+    /// Conversations per user seeded before the storm.
+    #[arg(long, default_value_t = 1)]
+    convs: usize,
+    /// Messages per conversation seeded before the storm (0: nothing to sync).
+    #[arg(long, default_value_t = 1)]
+    msgs: u64,
+    /// Only `sync`; do not pull the messages with get_messages.
+    #[arg(long)]
+    no_pull: bool,
+    /// Seeded message text size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+}
+
+/// `catchup`.
+#[derive(Debug, Args)]
+pub struct CatchupArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Conversations with new messages.
+    #[arg(long, short = 'c', default_value_t = 1_000)]
+    convs: usize,
+    /// New messages per conversation.
+    #[arg(long, short = 'k', default_value_t = 100)]
+    msgs: u64,
+    /// Fresh devices to time, one after another.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Seeders sending at once.
+    #[arg(long, default_value_t = 64)]
+    seed_concurrency: usize,
+    /// Sends in flight per seeder.
+    #[arg(long, default_value_t = 64)]
+    seed_window: usize,
+    /// Message text size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+}
+
+/// `relay`.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Address to listen on (port 0: any free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+/// Seconds (`20`, `0.5`) or a humantime duration (`20s`, `1m30s`, `250ms`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Runs a parsed command line. `fd_limit` is the open-file limit `main` raised to.
+pub async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Relay(args) => {
+            crate::relay::run(args.listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Idle(args) => idle_cmd(args, fd_limit).await,
+        Command::C2c(args) => c2c_cmd(args, fd_limit).await,
+        Command::Login(args) => login_cmd(args, fd_limit).await,
+        Command::Catchup(args) => catchup_cmd(args, fd_limit).await,
+    }
+}
+
+fn common_from(args: &CommonArgs) -> Common {
+    let progress = Progress::new(!args.no_progress, args.quiet);
+    let mut common = Common::new(progress);
+    common.codec = match args.codec {
+        CodecArg::Json => Codec::Json,
+        CodecArg::Msgpack => Codec::MsgPack,
+    };
+    common.sources = SourceAddrs::new(args.source_ips);
+    common.sample_every = Duration::from_millis(args.sample_ms.max(10));
+    common.rest_concurrency = args.rest_concurrency.max(1);
+    common
+}
+
+/// The server under test: spawned (and owned) or external.
+struct Sut {
+    target: Target,
+    spawned: Option<Spawned>,
+    keep: bool,
+}
+
+impl Sut {
+    async fn start(args: &TargetArgs, progress: &Progress) -> anyhow::Result<Self> {
+        if let Some(url) = &args.server {
+            let Some(secret) = args
+                .secret
+                .clone()
+                .or_else(|| std::env::var("MAGPIE_APP_SECRET").ok())
+            else {
+                bail!("--server needs --secret (or MAGPIE_APP_SECRET)");
+            };
+            if args.pid.is_none() {
+                progress.note("no --pid: server RSS and CPU will not be sampled");
+            }
+            return Ok(Self {
+                target: Target::magpie(url, &secret, args.pid).await?,
+                spawned: None,
+                keep: false,
+            });
+        }
+        let bin = match &args.magpie_bin {
+            Some(bin) => bin.clone(),
+            None => target::default_magpie_bin()?,
+        };
+        let spawned = target::spawn_magpie(
+            &bin,
+            args.data_parent.as_deref(),
+            args.server_config.as_deref(),
+        )
+        .await?;
+        progress.note(format!(
+            "spawned {} (pid {}) at {}",
+            bin.display(),
+            spawned.target.pid.unwrap_or_default(),
+            spawned.target.ws.url()
+        ));
+        Ok(Self {
+            target: spawned.target.clone(),
+            spawned: Some(spawned),
+            keep: args.keep_data,
+        })
+    }
+
+    async fn stop(self, progress: &Progress) {
+        if let Some(mut spawned) = self.spawned {
+            if self.keep
+                && let Some(dir) = spawned.keep_data()
+            {
+                progress.note(format!(
+                    "kept the server's data and log in {}",
+                    dir.display()
+                ));
+            }
+            spawned.stop().await;
+        }
+    }
+}
+
+fn finish<T: Serialize>(
+    common_args: &CommonArgs,
+    meta: &Meta,
+    scenario: &str,
+    passed: bool,
+    result: &T,
+    summary: &str,
+) -> anyhow::Result<ExitCode> {
+    println!("{summary}");
+    if let Some(path) = &common_args.json {
+        report::write_json(
+            path,
+            &Document {
+                meta,
+                scenario,
+                passed,
+                result,
+            },
+        )?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn plot_note(progress: &Progress, written: anyhow::Result<Option<PathBuf>>) {
+    match written {
+        Ok(Some(path)) => progress.note(format!("wrote {}", path.display())),
+        Ok(None) => progress.note("no plot: the run had no sweep (use --sweep)"),
+        Err(e) => progress.note(format!("plot failed: {e:#}")),
+    }
+}
+
+async fn idle_cmd(args: IdleArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
+    let meta = Meta::collect(fd_limit);
+    let common = common_from(&args.common);
+    let needed = (args.connections as u64) * 2 + 1_000;
+    if fd_limit < needed {
+        common.progress.note(format!(
+            "warning: the open-file limit is {fd_limit}; {} connections need about {needed} (client and server sides when the server is spawned)",
+            args.connections
+        ));
+    }
+    let sut = Sut::start(&args.target, &common.progress).await?;
+    let opts = IdleOptions {
+        connections: args.connections,
+        step: args.step,
+        concurrency: args.concurrency,
+        devices_per_user: args.devices_per_user,
+        hold: args.hold,
+        verify: !args.no_verify,
+    };
+    let result = idle::run(&sut.target, &opts, &common).await;
+    sut.stop(&common.progress).await;
+    let report = result?;
+    if let Some(dir) = &args.common.plot {
+        plot_note(&common.progress, plot::idle_rss(dir, &report).map(Some));
+    }
+    let passed = report.passed();
+    finish(
+        &args.common,
+        &meta,
+        "idle",
+        passed,
+        &report,
+        &table::idle(&report),
+    )
+}
+
+async fn c2c_cmd(args: C2cArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
+    let meta = Meta::collect(fd_limit);
+    let common = common_from(&args.common);
+    let mode = match args.rate {
+        Some(rate) if rate > 0.0 => LoadMode::Open { rate },
+        Some(_) => bail!("--rate must be positive"),
+        None => LoadMode::Closed {
+            window: args.window.max(1),
+        },
+    };
+    if args.sweep.iter().any(|f| !(*f > 0.0 && f.is_finite())) {
+        bail!("--sweep fractions must be positive numbers");
+    }
+    let relay = if args.with_relay {
+        let exe = std::env::current_exe().context("cannot locate this executable")?;
+        let relay = target::spawn_relay(&exe).await?;
+        common.progress.note(format!(
+            "spawned the relay (pid {}) at {}",
+            relay.target.pid.unwrap_or_default(),
+            relay.target.ws.url()
+        ));
+        Some(relay)
+    } else {
+        None
+    };
+    let sut = Sut::start(&args.target, &common.progress).await?;
+    let opts = SuiteOptions {
+        run: C2cOptions {
+            users: args.users,
+            size: args.size,
+            mode,
+            duration: args.duration,
+            warmup: args.warmup,
+            drain_timeout: args.drain_timeout,
+        },
+        sweep: args.sweep.clone(),
+    };
+    let result = c2c::suite(
+        &sut.target,
+        relay.as_ref().map(|r| &r.target),
+        &opts,
+        &common,
+    )
+    .await;
+    sut.stop(&common.progress).await;
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
+    let suite = result?;
+    if let Some(dir) = &args.common.plot {
+        plot_note(&common.progress, plot::c2c_latency(dir, &suite));
+    }
+    let passed = suite.passed();
+    finish(
+        &args.common,
+        &meta,
+        "c2c",
+        passed,
+        &suite,
+        &table::c2c(&suite),
+    )
+}
+
+async fn login_cmd(args: LoginArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
+    let meta = Meta::collect(fd_limit);
+    let common = common_from(&args.common);
+    let sut = Sut::start(&args.target, &common.progress).await?;
+    let opts = LoginOptions {
+        devices: args.devices,
+        concurrency: args.concurrency,
+        devices_per_user: args.devices_per_user,
+        convs: args.convs,
+        msgs: args.msgs,
+        pull_messages: !args.no_pull,
+        size: args.size,
+    };
+    let result = login::run(&sut.target, &opts, &common).await;
+    sut.stop(&common.progress).await;
+    let report = result?;
+    let passed = report.passed();
+    finish(
+        &args.common,
+        &meta,
+        "login",
+        passed,
+        &report,
+        &table::login(&report),
+    )
+}
+
+async fn catchup_cmd(args: CatchupArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
+    let meta = Meta::collect(fd_limit);
+    let common = common_from(&args.common);
+    let sut = Sut::start(&args.target, &common.progress).await?;
+    let opts = CatchupOptions {
+        convs: args.convs,
+        msgs: args.msgs,
+        repeat: args.repeat,
+        seed_concurrency: args.seed_concurrency,
+        seed_window: args.seed_window,
+        size: args.size,
+    };
+    let result = catchup::run(&sut.target, &opts, &common).await;
+    sut.stop(&common.progress).await;
+    let report = result?;
+    let passed = report.passed();
+    finish(
+        &args.common,
+        &meta,
+        "catchup",
+        passed,
+        &report,
+        &table::catchup(&report),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse_as_seconds_or_humantime() {
+        assert_eq!(parse_duration("20").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn c2c_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "magpie-bench",
+            "c2c",
+            "--users",
+            "4",
+            "--rate",
+            "1000",
+            "--sweep",
+            "0.25,0.5",
+            "--with-relay",
+        ])
+        .unwrap();
+        let Command::C2c(args) = cli.command else {
+            panic!("not c2c")
+        };
+        assert_eq!(args.sweep, vec![0.25, 0.5]);
+        assert_eq!(args.rate, Some(1000.0));
+        assert!(
+            Cli::try_parse_from(["magpie-bench", "c2c", "--rate", "5", "--window", "3"]).is_err()
+        );
+    }
+}

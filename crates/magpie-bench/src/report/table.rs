@@ -1,0 +1,417 @@
+//! Fixed-width summary tables on stdout, one printer per scenario.
+
+use std::fmt::Write as _;
+
+use crate::metrics::{Percentiles, ProcReport, fmt_bytes, fmt_us};
+use crate::scenarios::c2c::{C2cRun, C2cSuite, LoadMode, SweepPoint};
+use crate::scenarios::catchup::CatchupReport;
+use crate::scenarios::idle::IdleReport;
+use crate::scenarios::login::LoginReport;
+
+/// A table with a header row; columns are as wide as their widest cell.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column headers.
+    pub fn new(headers: &[&str]) -> Self {
+        Self {
+            rows: vec![headers.iter().map(|h| (*h).to_owned()).collect()],
+        }
+    }
+
+    /// Appends a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Renders with two spaces between columns, the first column left-aligned and the
+    /// others right-aligned.
+    pub fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, width) in widths.iter().enumerate() {
+                let cell = row.get(c).map(String::as_str).unwrap_or("");
+                if c == 0 {
+                    let _ = write!(line, "{cell:<width$}");
+                } else {
+                    let _ = write!(line, "  {cell:>width$}");
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn rate(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn pct(p: &Percentiles) -> [String; 5] {
+    [
+        fmt_us(p.p50_us),
+        fmt_us(p.p90_us),
+        fmt_us(p.p99_us),
+        fmt_us(p.p999_us),
+        fmt_us(p.max_us),
+    ]
+}
+
+fn proc_cells(p: Option<&ProcReport>) -> [String; 2] {
+    match p {
+        Some(p) => [
+            format!("{:.0}%", p.cpu_pct_mean),
+            fmt_bytes(p.rss_max_bytes as f64),
+        ],
+        None => ["-".into(), "-".into()],
+    }
+}
+
+fn c2c_row(name: &str, run: &C2cRun) -> Vec<String> {
+    let c = &run.correctness;
+    let [p50, p90, p99, p999, max] = pct(&run.latency);
+    let [cpu, rss] = proc_cells(run.server.as_ref());
+    let [gcpu, _] = proc_cells(run.generator.as_ref());
+    vec![
+        name.to_owned(),
+        run.load.describe(),
+        rate(run.sent_per_sec),
+        rate(run.acked_per_sec),
+        rate(run.delivered_per_sec),
+        p50,
+        p90,
+        p99,
+        p999,
+        max,
+        format!("{}/{}/{}", c.lost, c.duplicated, c.reordered),
+        run.totals.send_errors.to_string(),
+        cpu,
+        rss,
+        gcpu,
+    ]
+}
+
+const C2C_HEADERS: [&str; 15] = [
+    "target",
+    "load",
+    "sent/s",
+    "acked/s",
+    "deliv/s",
+    "p50",
+    "p90",
+    "p99",
+    "p99.9",
+    "max",
+    "lost/dup/reord",
+    "errors",
+    "srv cpu",
+    "srv rss",
+    "gen cpu",
+];
+
+/// The c2c summary: relay, Magpie, the ratio, and any sweep.
+pub fn c2c(suite: &C2cSuite) -> String {
+    let m = &suite.magpie;
+    let mut out = format!(
+        "c2c: {} users, {} B text, {:.1} s measured after {:.1} s warmup; latency = send -> recipient receive{}\n\n",
+        m.users,
+        m.size,
+        m.duration_s,
+        m.warmup_s,
+        if matches!(m.load, LoadMode::Open { .. }) {
+            " (from the scheduled send time)"
+        } else {
+            ""
+        }
+    );
+    let mut table = Table::new(&C2C_HEADERS);
+    if let Some(relay) = &suite.relay {
+        table.row(c2c_row("relay", relay));
+    }
+    table.row(c2c_row("magpie", m));
+    out.push_str(&table.render());
+    if let Some(ratio) = suite.ratio_to_relay {
+        let _ = writeln!(
+            out,
+            "\nmagpie / relay delivered throughput: {ratio:.3} (budget >= 0.5)"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "ack latency (send -> ack) magpie: p50 {} p99 {} max {}",
+        fmt_us(m.ack_latency.p50_us),
+        fmt_us(m.ack_latency.p99_us),
+        fmt_us(m.ack_latency.max_us)
+    );
+    if !suite.sweep_magpie.is_empty() {
+        out.push_str("\nopen-loop sweep (latency from the scheduled send time):\n");
+        let mut table = Table::new(&C2C_HEADERS);
+        let rows = suite.sweep_relay.iter().map(|p| ("relay", p));
+        let rows = rows.chain(suite.sweep_magpie.iter().map(|p| ("magpie", p)));
+        let mut rows: Vec<(&str, &SweepPoint)> = rows.collect();
+        rows.sort_by(|a, b| a.1.offered_per_sec.total_cmp(&b.1.offered_per_sec));
+        for (name, point) in rows {
+            table.row(c2c_row(
+                &format!("{name} {:.0}%", point.fraction * 100.0),
+                &point.run,
+            ));
+        }
+        out.push_str(&table.render());
+    }
+    let runs = suite
+        .relay
+        .iter()
+        .map(|r| ("relay".to_owned(), r))
+        .chain(std::iter::once(("magpie".to_owned(), m)))
+        .chain(
+            suite
+                .sweep_relay
+                .iter()
+                .map(|p| (format!("relay {:.0}%", p.fraction * 100.0), &p.run)),
+        )
+        .chain(
+            suite
+                .sweep_magpie
+                .iter()
+                .map(|p| (format!("magpie {:.0}%", p.fraction * 100.0), &p.run)),
+        );
+    for (name, run) in runs {
+        if let Some(e) = &run.correctness.first_error {
+            let _ = writeln!(out, "{name}: first error answer: {e}");
+        }
+        let c = &run.correctness;
+        if !c.ok() || c.unanswered > 0 {
+            let _ = writeln!(
+                out,
+                "{name}: CORRECTNESS lost {} duplicated {} reordered {} (delivered seq going backwards {}; seqs assigned out of send order {}) seq-mismatch {} misdelivered {} undecodable {} unanswered {} closed-by-server {} (first close code {:?})",
+                c.lost,
+                c.duplicated,
+                c.reordered,
+                c.delivered_seq_backwards,
+                c.seqs_out_of_send_order,
+                c.seq_mismatch,
+                c.misdelivered,
+                c.undecodable,
+                c.unanswered,
+                c.closed_by_server,
+                c.first_close_code
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\ncorrectness: {}",
+        if suite.passed() {
+            "every acked message delivered exactly once, in order"
+        } else {
+            "FAILED"
+        }
+    );
+    out
+}
+
+/// The idle summary.
+pub fn idle(r: &IdleReport) -> String {
+    let mut out = format!(
+        "idle: {} connections requested, {} users\n\n",
+        r.requested, r.users
+    );
+    let mut table = Table::new(&["connections", "server rss", "generator rss"]);
+    for p in &r.series {
+        table.row(vec![
+            p.connections.to_string(),
+            fmt_bytes(p.server_rss_bytes as f64),
+            fmt_bytes(p.generator_rss_bytes as f64),
+        ]);
+    }
+    out.push_str(&table.render());
+    let _ = writeln!(
+        out,
+        "\nestablished {} failed {} closed while held {} verified alive {}",
+        r.established,
+        r.failed,
+        r.closed_while_held,
+        r.verified_alive
+            .map_or_else(|| "-".to_owned(), |n| n.to_string())
+    );
+    let _ = writeln!(
+        out,
+        "connect + login: {:.1} s ({:.0}/s); listen-queue overflows {}",
+        r.connect_seconds,
+        r.connects_per_sec,
+        r.listen_overflows
+            .map_or_else(|| "-".to_owned(), |n| n.to_string())
+    );
+    match r.rss_per_connection_bytes {
+        Some(b) => {
+            let _ = writeln!(
+                out,
+                "server RSS per connection: {} ({:.0} B; budget <= 8 KiB)",
+                fmt_bytes(b),
+                b
+            );
+        }
+        None => out.push_str("server RSS per connection: - (no server pid)\n"),
+    }
+    let _ = writeln!(
+        out,
+        "generator RSS per connection: {}",
+        fmt_bytes(r.generator_rss_per_connection_bytes)
+    );
+    if let Some(e) = &r.first_failure {
+        let _ = writeln!(out, "first failure: {e}");
+    }
+    let _ = writeln!(
+        out,
+        "\ncorrectness: {}",
+        if r.passed() {
+            "every connection logged in, stayed up and answered"
+        } else {
+            "FAILED"
+        }
+    );
+    out
+}
+
+/// The login-storm summary.
+pub fn login(r: &LoginReport) -> String {
+    let mut out = format!("login: {} devices of {} users\n", r.devices, r.users);
+    if let Some(seed) = &r.seed {
+        let _ = writeln!(
+            out,
+            "seeded {} messages in {:.1} s ({:.0}/s) before the storm",
+            seed.messages, seed.seconds, seed.per_sec
+        );
+    }
+    out.push('\n');
+    let mut table = Table::new(&[
+        "", "per sec", "all done", "p50", "p90", "p99", "p99.9", "max",
+    ]);
+    let [p50, p90, p99, p999, max] = pct(&r.login_latency);
+    table.row(vec![
+        "login".into(),
+        rate(r.logins_per_sec),
+        format!("{:.2}s", r.time_to_all_logged_in_s),
+        p50,
+        p90,
+        p99,
+        p999,
+        max,
+    ]);
+    let [p50, p90, p99, p999, max] = pct(&r.synced_latency);
+    table.row(vec![
+        "login+sync".into(),
+        rate(r.synced_logins_per_sec),
+        format!("{:.2}s", r.time_to_all_synced_s),
+        p50,
+        p90,
+        p99,
+        p999,
+        max,
+    ]);
+    out.push_str(&table.render());
+    let [cpu, rss] = proc_cells(r.server.as_ref());
+    let [gcpu, _] = proc_cells(r.generator.as_ref());
+    let _ = writeln!(
+        out,
+        "\nsynced {} conversations / {} messages; server cpu {cpu} rss {rss}; generator cpu {gcpu}",
+        r.conversations_synced, r.messages_synced
+    );
+    let _ = writeln!(
+        out,
+        "login+sync rate budget >= 5000/s; failed {} wrong sync {}; listen-queue overflows {}",
+        r.failed,
+        r.wrong_sync,
+        r.listen_overflows
+            .map_or_else(|| "-".to_owned(), |n| n.to_string())
+    );
+    if let Some(e) = &r.first_failure {
+        let _ = writeln!(out, "first failure: {e}");
+    }
+    let _ = writeln!(
+        out,
+        "\ncorrectness: {}",
+        if r.passed() {
+            "every device logged in and synced exactly what was seeded"
+        } else {
+            "FAILED"
+        }
+    );
+    out
+}
+
+/// The catch-up summary.
+pub fn catchup(r: &CatchupReport) -> String {
+    let mut out = format!(
+        "catchup: {} conversations x {} new messages on a fresh SDK device\nseeded {} messages in {:.1} s ({:.0}/s)\n\n",
+        r.convs, r.msgs, r.seed.messages, r.seed.seconds, r.seed.per_sec
+    );
+    let mut table = Table::new(&[
+        "device",
+        "login",
+        "synced",
+        "received",
+        "cached convs",
+        "cached msgs",
+        "ok",
+    ]);
+    for (i, d) in r.devices.iter().enumerate() {
+        table.row(vec![
+            (i + 1).to_string(),
+            format!("{:.3}s", d.login_s),
+            format!("{:.3}s", d.synced_s),
+            d.messages_received.to_string(),
+            d.conversations_cached.to_string(),
+            d.messages_cached.to_string(),
+            if d.correct { "yes" } else { "NO" }.into(),
+        ]);
+    }
+    out.push_str(&table.render());
+    let _ = writeln!(
+        out,
+        "\nmedian time to synced {:.3} s ({:.0} msg/s; budget <= 3 s for 1000 x 100)",
+        r.median_synced_s, r.messages_per_sec
+    );
+    let _ = writeln!(
+        out,
+        "\ncorrectness: {}",
+        if r.passed() {
+            "the cache holds every seeded message, each emitted once"
+        } else {
+            "FAILED"
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let mut t = Table::new(&["a", "bb"]);
+        t.row(vec!["long".into(), "1".into()]);
+        assert_eq!(t.render(), "a     bb\nlong   1\n");
+    }
+}

@@ -1,0 +1,88 @@
+//! The scenarios. Each is a library function taking a [`Target`](crate::target::Target) and
+//! its options and returning a serialisable report, so the CLI and the smoke test run the
+//! same code.
+//!
+//! - [`idle`]: N authenticated connections held open; server RSS per connection.
+//! - [`c2c`]: U online users sending one-to-one messages, closed- or open-loop; latency,
+//!   throughput, exactly-once / in-order checks; relay baseline and load sweeps.
+//! - [`login`]: a login storm where every device finishes its sync.
+//! - [`catchup`]: a fresh SDK device of a user with C conversations × K new messages.
+//! - [`seed`]: pipelined message seeding through the protocol, shared by `login` and
+//!   `catchup`.
+
+pub mod c2c;
+pub mod catchup;
+pub mod idle;
+pub mod login;
+pub mod seed;
+
+use std::time::Duration;
+
+use magpie_proto::Codec;
+
+use crate::client::SourceAddrs;
+use crate::progress::Progress;
+
+/// Settings every scenario shares.
+#[derive(Clone, Debug)]
+pub struct Common {
+    /// Wire encoding of the thin clients (and of the SDK in `catchup`).
+    pub codec: Codec,
+    /// Source addresses client sockets are spread over.
+    pub sources: SourceAddrs,
+    /// How often the server (and the generator) is sampled from `/proc`.
+    pub sample_every: Duration,
+    /// Where progress goes.
+    pub progress: Progress,
+    /// A short prefix that makes this run's user ids unique on a shared server.
+    pub run_id: String,
+    /// REST calls in flight while creating users.
+    pub rest_concurrency: usize,
+}
+
+impl Common {
+    /// Defaults: JSON, 50 source addresses, 250 ms sampling, a fresh run id.
+    pub fn new(progress: Progress) -> Self {
+        Self {
+            codec: Codec::Json,
+            sources: SourceAddrs::new(50),
+            sample_every: Duration::from_millis(250),
+            progress,
+            run_id: run_id(),
+            rest_concurrency: crate::rest::DEFAULT_CONCURRENCY,
+        }
+    }
+}
+
+/// A short id, unique enough between runs against one server: the current time in base 36.
+pub fn run_id() -> String {
+    let mut n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    while n > 0 {
+        let d = (n % 36) as u8;
+        out.push(if d < 10 { b'0' + d } else { b'a' + d - 10 });
+        n /= 36;
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_else(|_| "run".into())
+}
+
+/// The platform of the `i`-th device of a user, one per platform class, so that up to four
+/// devices of one user are online together under the default multi-device policy.
+pub fn platform_for(i: usize) -> magpie_proto::Platform {
+    use magpie_proto::Platform;
+    [
+        Platform::Ios,
+        Platform::Linux,
+        Platform::Web,
+        Platform::MiniProgram,
+    ][i % 4]
+}
+
+/// A message's text padded to `size` bytes.
+pub fn padding(size: usize) -> String {
+    "x".repeat(size.max(1))
+}

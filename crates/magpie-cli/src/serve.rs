@@ -48,8 +48,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.app_secret = Some(secret);
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = magpie_server::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     magpie_server::run(config, listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -60,6 +60,24 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// Connections the kernel queues before `accept`; the effective value is capped by
+/// `net.core.somaxconn` (4096 on current kernels).
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds a listener with a deep accept queue, so a burst of connections — every device
+/// reconnecting after a restart — waits in the kernel instead of being dropped and retried
+/// a second later.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Opens the embedded store the configuration points at.
 fn open_store(config: &Config, metrics: Arc<metrics::Metrics>) -> Result<SqliteStore, ServerError> {
     std::fs::create_dir_all(&config.data_dir)?;

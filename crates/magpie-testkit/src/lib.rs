@@ -58,7 +58,7 @@ impl TestServer {
         let data = tempfile::tempdir().unwrap();
         let mut config = test_config(data.path());
         tweak(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = magpie_server::bind(([127, 0, 0, 1], 0).into()).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut server = Self {
             addr,
@@ -258,7 +258,7 @@ impl Drop for TestServer {
 /// Binds the same address again, retrying while the old socket lingers.
 pub async fn bind_again(addr: SocketAddr) -> TcpListener {
     for _ in 0..100 {
-        if let Ok(listener) = TcpListener::bind(addr).await {
+        if let Ok(listener) = magpie_server::bind(addr) {
             return listener;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -50,7 +50,7 @@ pub struct SqliteOptions {
     pub durability: Durability,
     /// Most writes applied in one transaction.
     pub max_batch: usize,
-    /// Read connections kept open.
+    /// Read connections (reads beyond this many at once wait for one).
     pub read_connections: usize,
     /// Told about every commit.
     pub observer: Arc<dyn CommitObserver>,
@@ -61,7 +61,7 @@ impl Default for SqliteOptions {
         Self {
             durability: Durability::Full,
             max_batch: 512,
-            read_connections: 4,
+            read_connections: 8,
             observer: Arc::new(NoObserver),
         }
     }

@@ -10,20 +10,22 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use super::rows::{self, MESSAGE_COLUMNS, STATE_COLUMNS, STATE_FROM};
 use crate::{Anchor, MessagePage, MessageQuery, StoreError, StoreResult, SyncPage, UserRecord};
 
-/// Read-only connections, opened on demand and kept for reuse.
+/// A fixed number of read-only connections, opened on first use and reused. Readers beyond
+/// that wait for a connection instead of opening more: opening one (and preparing its
+/// statements) costs far more than the queries it would run.
 #[derive(Debug)]
 pub(super) struct ReadPool {
     path: PathBuf,
     idle: Arc<Mutex<Vec<Connection>>>,
-    keep: usize,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl ReadPool {
-    pub(super) fn new(path: PathBuf, keep: usize) -> Self {
+    pub(super) fn new(path: PathBuf, size: usize) -> Self {
         Self {
             path,
             idle: Arc::new(Mutex::new(Vec::new())),
-            keep: keep.max(1),
+            permits: Arc::new(tokio::sync::Semaphore::new(size.max(1))),
         }
     }
 
@@ -33,7 +35,13 @@ impl ReadPool {
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let (idle, path, keep) = (self.idle.clone(), self.path.clone(), self.keep);
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(StoreError::internal)?;
+        let (idle, path) = (self.idle.clone(), self.path.clone());
         tokio::task::spawn_blocking(move || {
             let pooled = idle.lock().map_err(StoreError::internal)?.pop();
             let conn = match pooled {
@@ -41,10 +49,8 @@ impl ReadPool {
                 None => open_reader(&path)?,
             };
             let result = f(&conn);
-            let mut idle = idle.lock().map_err(StoreError::internal)?;
-            if idle.len() < keep {
-                idle.push(conn);
-            }
+            idle.lock().map_err(StoreError::internal)?.push(conn);
+            drop(permit);
             result
         })
         .await

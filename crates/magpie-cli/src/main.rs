@@ -11,6 +11,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc keeps many small per-connection allocations compact and is cheaper than glibc's
+/// allocator under the gateway's allocation pattern (measured in docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Magpie: a self-hosted instant-messaging server, its administration and a chat client.
 #[derive(Debug, Parser)]
 #[command(name = "magpie", version, about, propagate_version = true)]

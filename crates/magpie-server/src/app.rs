@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::ids::IdGenerator;
 use crate::metrics::Metrics;
 use crate::sessions::Sessions;
+use crate::users::UserCache;
 
 /// Shared server state.
 pub struct App {
@@ -25,6 +26,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     /// Online devices.
     pub sessions: Arc<Sessions>,
+    /// Users as logins need them.
+    pub users: UserCache,
     /// Token signing and checking.
     pub signer: TokenSigner,
     /// Message ids.

@@ -27,7 +27,7 @@ pub mod ids;
 mod messaging;
 pub mod metrics;
 pub mod sessions;
-mod users;
+pub mod users;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -110,6 +110,7 @@ pub async fn run(
     let floor = store.max_message_id().await?;
     let app = Arc::new(App {
         sessions: Arc::new(sessions::Sessions::new(config.devices.max_per_class)),
+        users: users::UserCache::default(),
         signer: auth::TokenSigner::new(&app_secret),
         ids: ids::IdGenerator::new(0, floor),
         app_secret,

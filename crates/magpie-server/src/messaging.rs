@@ -152,9 +152,7 @@ impl App {
         from_session: Option<SessionId>,
     ) -> Result<SendResponse> {
         let Peer::User(to) = &message.to;
-        if self.store.get_user(to).await?.is_none() {
-            return Err(Error::new(ErrorCode::UserNotFound, format!("no user {to}")));
-        }
+        self.user_record(to).await?;
         deliver_message(&self.sessions, &self.metrics, &message, from_session);
         Metrics::add(&self.metrics.commands, 1);
         Ok(SendResponse {

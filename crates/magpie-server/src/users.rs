@@ -10,7 +10,11 @@ use magpie_proto::rest::{
     CreateUser, IssuedToken, KickedDevices, MAX_NICKNAME_LEN, MAX_USER_EXT_BYTES, UpdateUser, User,
 };
 use magpie_proto::{ErrorCode, UserId};
-use magpie_store::NewUser;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use magpie_store::{NewUser, UserRecord};
 use serde_json::{Map, Value};
 
 use crate::app::App;
@@ -48,11 +52,67 @@ fn check_profile(
     Ok(())
 }
 
+/// Users as the login path needs them, so a login storm does not turn into a storm of store
+/// reads. Every change to a user goes through [`App`] and invalidates its entry.
+///
+/// A load racing with an invalidation must not put the old record back: loads remember the
+/// invalidation epoch they started in and withdraw their insert if it moved. (With several
+/// nodes, issue 4, invalidations must also arrive from the others over the cluster bus.)
+#[derive(Debug, Default)]
+pub struct UserCache {
+    records: DashMap<UserId, Arc<UserRecord>>,
+    epoch: AtomicU64,
+}
+
+/// Entries kept before the cache starts over.
+const USER_CACHE_LIMIT: usize = 1_000_000;
+
+impl UserCache {
+    fn get(&self, id: &UserId) -> Option<Arc<UserRecord>> {
+        self.records.get(id).map(|r| r.clone())
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn insert(&self, id: &UserId, record: Arc<UserRecord>, loaded_in: u64) {
+        if self.records.len() >= USER_CACHE_LIMIT {
+            self.records.clear();
+        }
+        self.records.insert(id.clone(), record);
+        if self.epoch() != loaded_in {
+            self.records.remove(id);
+        }
+    }
+
+    fn invalidate(&self, id: &UserId) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.records.remove(id);
+    }
+}
+
 fn user_not_found(id: &UserId) -> Error {
     Error::new(ErrorCode::UserNotFound, format!("no user {id}"))
 }
 
 impl App {
+    /// A live user's record, from the cache when possible.
+    pub(crate) async fn user_record(&self, id: &UserId) -> Result<Arc<UserRecord>> {
+        if let Some(record) = self.users.get(id) {
+            return Ok(record);
+        }
+        let epoch = self.users.epoch();
+        let record = Arc::new(
+            self.store
+                .get_user(id)
+                .await?
+                .ok_or_else(|| user_not_found(id))?,
+        );
+        self.users.insert(id, record.clone(), epoch);
+        Ok(record)
+    }
+
     /// Creates a user.
     pub async fn create_user(&self, request: CreateUser) -> Result<User> {
         check_profile(
@@ -60,7 +120,8 @@ impl App {
             request.avatar_url.as_ref(),
             request.ext.as_ref(),
         )?;
-        Ok(self
+        let id = request.id.clone();
+        let created = self
             .store
             .create_user(NewUser {
                 id: request.id,
@@ -69,17 +130,14 @@ impl App {
                 ext: request.ext,
                 now: now_ms(),
             })
-            .await?)
+            .await?;
+        self.users.invalidate(&id);
+        Ok(created)
     }
 
     /// Reads a user.
     pub async fn get_user(&self, id: &UserId) -> Result<User> {
-        let record = self
-            .store
-            .get_user(id)
-            .await?
-            .ok_or_else(|| user_not_found(id))?;
-        Ok(record.user)
+        Ok(self.user_record(id).await?.user.clone())
     }
 
     /// Updates a user's profile.
@@ -89,12 +147,16 @@ impl App {
             update.avatar_url.as_ref().and_then(Option::as_ref),
             update.ext.as_ref().and_then(Option::as_ref),
         )?;
-        Ok(self.store.update_user(id, update, now_ms()).await?)
+        let updated = self.store.update_user(id, update, now_ms()).await;
+        self.users.invalidate(id);
+        Ok(updated?)
     }
 
     /// Deletes a user and kicks their devices.
     pub async fn delete_user(&self, id: &UserId) -> Result<KickedDevices> {
-        if !self.store.delete_user(id).await? {
+        let deleted = self.store.delete_user(id).await;
+        self.users.invalidate(id);
+        if !deleted? {
             return Err(user_not_found(id));
         }
         let kicked = self
@@ -116,11 +178,7 @@ impl App {
                 auth.max_token_ttl_secs
             )));
         }
-        let record = self
-            .store
-            .get_user(id)
-            .await?
-            .ok_or_else(|| user_not_found(id))?;
+        let record = self.user_record(id).await?;
         let now_secs = now_ms() / 1000;
         let token = self
             .signer
@@ -134,7 +192,10 @@ impl App {
 
     /// Revokes every token of a user issued so far and kicks their devices.
     pub async fn revoke_tokens(&self, id: &UserId) -> Result<KickedDevices> {
-        self.store.revoke_tokens(id).await?;
+        let revoked = self.store.revoke_tokens(id).await;
+        // Also after a failure: the write may have happened without its answer reaching us.
+        self.users.invalidate(id);
+        revoked?;
         let kicked = self.sessions.kick_all(
             id,
             KickReason::TokensRevoked,
@@ -149,12 +210,49 @@ impl App {
     /// Checks a device's token for `user`: signature, expiry, owner and revocation.
     pub async fn authenticate(&self, user: &UserId, token: &str) -> Result<Claims> {
         let claims = self.signer.verify(token, now_ms() / 1000)?;
-        let record = self
-            .store
-            .get_user(user)
-            .await?
-            .ok_or_else(|| user_not_found(user))?;
+        let record = self.user_record(user).await?;
         check_claims(&claims, user, record.token_generation)?;
         Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use magpie_proto::rest::User;
+
+    fn record(generation: u64) -> Arc<UserRecord> {
+        Arc::new(UserRecord {
+            user: User {
+                id: UserId::new("alice").expect("id"),
+                nickname: None,
+                avatar_url: None,
+                ext: None,
+                created_at: 0,
+                updated_at: 0,
+            },
+            token_generation: generation,
+        })
+    }
+
+    #[test]
+    fn a_load_that_raced_an_invalidation_is_not_cached() {
+        let cache = UserCache::default();
+        let alice = UserId::new("alice").expect("id");
+        let started = cache.epoch();
+        // The record was read before a revocation; the revocation invalidates first ...
+        cache.invalidate(&alice);
+        // ... and the stale load finishes after it.
+        cache.insert(&alice, record(0), started);
+        assert!(
+            cache.get(&alice).is_none(),
+            "a stale generation must not be served"
+        );
+
+        let fresh = cache.epoch();
+        cache.insert(&alice, record(1), fresh);
+        assert_eq!(cache.get(&alice).map(|r| r.token_generation), Some(1));
+        cache.invalidate(&alice);
+        assert!(cache.get(&alice).is_none());
     }
 }

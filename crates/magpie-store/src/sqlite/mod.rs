@@ -123,6 +123,18 @@ impl SqliteStore {
     }
 }
 
+/// Keeps prepared statements prepared. Without the query planner stability guarantee, SQLite
+/// marks a statement for re-preparation whenever a bound value could change its plan — a
+/// `LIMIT ?` is enough — and the statement cache's clearing of bindings then makes every
+/// execution parse and plan the SQL again. Magpie's statements are simple and stable.
+pub(super) fn tune_statements(conn: &rusqlite::Connection) -> StoreResult<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 /// Takes `<database>.lock` so that a second server on the same data directory fails at start
 /// instead of writing behind this one's back.
 fn lock_exclusively(path: &Path) -> StoreResult<std::fs::File> {
@@ -151,6 +163,7 @@ fn lock_exclusively(path: &Path) -> StoreResult<std::fs::File> {
 fn open_connection(path: &Path, durability: Durability) -> StoreResult<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    tune_statements(&conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let synchronous = match durability {
         Durability::Full => "FULL",

@@ -66,6 +66,7 @@ fn open_reader(path: &std::path::Path) -> StoreResult<Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    super::tune_statements(&conn)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
@@ -208,4 +209,27 @@ pub(super) fn conversation_state(
     conversation: &ConversationId,
 ) -> StoreResult<Option<ConversationState>> {
     rows::load_state(conn, user, conversation)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    #[test]
+    fn cached_statements_are_not_prepared_again_for_new_values() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("r.db");
+        let mut writer =
+            super::super::open_connection(&path, super::super::Durability::Normal).expect("open");
+        super::super::schema::migrate(&mut writer).expect("migrate");
+        let reader = super::open_reader(&path).expect("reader");
+        let sql = "SELECT id FROM users WHERE id > ?1 ORDER BY id LIMIT ?2";
+        for limit in [1i64, 5, 2, 7] {
+            let mut stmt = reader.prepare_cached(sql).expect("prepare");
+            let mut rows = stmt.query(("a", limit)).expect("query");
+            while rows.next().expect("row").is_some() {}
+        }
+        let stmt = reader.prepare_cached(sql).expect("prepare");
+        assert_eq!(stmt.get_status(StatementStatus::RePrepare), 0);
+    }
 }

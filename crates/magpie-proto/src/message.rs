@@ -300,7 +300,8 @@ pub struct Message {
     pub from: UserId,
     /// The addressee.
     pub to: Peer,
-    /// The id the sending device chose; the server dedupes retries on (sender, client_msg_id).
+    /// The id the sending device chose; the server dedupes retries on (conversation, sender,
+    /// client_msg_id).
     pub client_msg_id: String,
     /// What the message says.
     pub content: MessageContent,

@@ -5,6 +5,7 @@
 //! is full is told to close as a slow consumer (its device will reconnect and sync, so nothing
 //! is lost). It knows nothing about sockets or storage.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -13,7 +14,7 @@ use dashmap::DashMap;
 use magpie_proto::frame::{KickReason, Kicked};
 use magpie_proto::message::DeviceInfo;
 use magpie_proto::{Codec, DeviceId, Millis, Platform, ServerFrame, UserId};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Identifies one connection's session; never reused within a process.
 pub type SessionId = u64;
@@ -68,36 +69,106 @@ pub enum Control {
     SlowConsumer,
 }
 
-/// A one-shot "close now, because …" signal for a session. The first reason wins.
-#[derive(Debug, Default)]
-pub struct ControlSignal {
-    reason: Mutex<Option<Control>>,
+/// What a session is told next.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Close, for this reason.
+    Close(Control),
+    /// Write this event.
+    Event(Arc<SharedFrame>),
+}
+
+/// A session's inbox: its queued events and, once raised, the reason it must close — in one
+/// small allocation, because every online device has one. A close reason takes precedence over
+/// queued events, and the first reason raised wins.
+#[derive(Debug)]
+pub struct Inbox {
+    state: Mutex<InboxState>,
     notify: Notify,
 }
 
-impl ControlSignal {
-    fn raise(&self, control: Control) {
-        if let Ok(mut slot) = self.reason.lock()
-            && slot.is_none()
-        {
-            *slot = Some(control);
-        }
+#[derive(Debug)]
+struct InboxState {
+    events: VecDeque<Arc<SharedFrame>>,
+    capacity: usize,
+    close: Option<Control>,
+}
+
+impl Inbox {
+    /// An empty inbox that holds at most `capacity` events.
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(InboxState {
+                events: VecDeque::new(),
+                capacity: capacity.max(1),
+                close: None,
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut InboxState) -> T) -> T {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut state)
+    }
+
+    /// Queues an event; a full inbox raises [`Control::SlowConsumer`] instead.
+    fn push(&self, frame: &Arc<SharedFrame>) -> bool {
+        let queued = self.with_state(|state| {
+            if state.close.is_some() {
+                return false;
+            }
+            if state.events.len() >= state.capacity {
+                state.close = Some(Control::SlowConsumer);
+                return false;
+            }
+            state.events.push_back(frame.clone());
+            true
+        });
+        self.notify.notify_one();
+        queued
+    }
+
+    /// Raises a close reason (the first one raised wins).
+    pub fn close(&self, control: Control) {
+        self.with_state(|state| {
+            if state.close.is_none() {
+                state.close = Some(control);
+            }
+        });
         self.notify.notify_one();
     }
 
-    /// Waits for a reason to close.
-    pub async fn raised(&self) -> Control {
-        loop {
-            if let Some(reason) = self.current() {
-                return reason;
-            }
-            self.notify.notified().await;
-        }
+    /// The close reason, if one was raised.
+    pub fn close_reason(&self) -> Option<Control> {
+        self.with_state(|state| state.close.clone())
     }
 
-    /// The reason to close, if one was raised already.
-    pub fn current(&self) -> Option<Control> {
-        self.reason.lock().ok().and_then(|slot| slot.clone())
+    /// Takes the next queued event without waiting (none once a close reason is raised).
+    pub fn try_next_event(&self) -> Option<Arc<SharedFrame>> {
+        self.with_state(|state| match state.close {
+            Some(_) => None,
+            None => state.events.pop_front(),
+        })
+    }
+
+    /// Waits for the next thing to do.
+    pub async fn next(&self) -> Delivery {
+        loop {
+            let next = self.with_state(|state| match &state.close {
+                Some(control) => Some(Delivery::Close(control.clone())),
+                None => state.events.pop_front().map(Delivery::Event),
+            });
+            if let Some(next) = next {
+                return next;
+            }
+            // `notify_one` keeps a permit when nobody waits, so a push between the check above
+            // and this wait is not lost.
+            self.notify.notified().await;
+        }
     }
 }
 
@@ -112,15 +183,13 @@ pub struct DeviceEntry {
     pub platform: Platform,
     /// Login time.
     pub connected_at: Millis,
-    /// Its event queue.
-    pub events: mpsc::Sender<Arc<SharedFrame>>,
-    /// Its close signal.
-    pub control: Arc<ControlSignal>,
+    /// Its events and close signal.
+    pub inbox: Arc<Inbox>,
 }
 
 impl DeviceEntry {
     fn kick(&self, reason: KickReason, message: &str) {
-        self.control.raise(Control::Kick(Kicked {
+        self.inbox.close(Control::Kick(Kicked {
             reason,
             message: message.to_owned(),
         }));
@@ -163,7 +232,11 @@ impl Sessions {
     pub fn register(&self, user: &UserId, entry: DeviceEntry) -> usize {
         let mut kicked = Vec::new();
         {
-            let mut devices = self.users.entry(user.clone()).or_default();
+            // Most users have one device online: do not reserve room for four.
+            let mut devices = self
+                .users
+                .entry(user.clone())
+                .or_insert_with(|| Vec::with_capacity(1));
             devices.retain(|d| {
                 let same = d.device_id == entry.device_id;
                 if same {
@@ -227,12 +300,8 @@ impl Sessions {
         };
         let mut delivered = 0;
         for device in devices.iter().filter(|d| Some(d.session) != except) {
-            match device.events.try_send(frame.clone()) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    device.control.raise(Control::SlowConsumer)
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            if device.inbox.push(frame) {
+                delivered += 1;
             }
         }
         delivered
@@ -271,25 +340,20 @@ mod tests {
     use magpie_proto::Event;
     use magpie_proto::frame::Empty;
 
-    fn entry(
-        sessions: &Sessions,
-        device: &str,
-        platform: Platform,
-    ) -> (DeviceEntry, mpsc::Receiver<Arc<SharedFrame>>) {
-        let (tx, rx) = mpsc::channel(2);
+    fn entry(sessions: &Sessions, device: &str, platform: Platform) -> (DeviceEntry, Arc<Inbox>) {
+        let inbox = Inbox::new(2);
         let entry = DeviceEntry {
             session: sessions.next_session_id(),
             device_id: DeviceId::new(device).expect("id"),
             platform,
             connected_at: 0,
-            events: tx,
-            control: Arc::new(ControlSignal::default()),
+            inbox: inbox.clone(),
         };
-        (entry, rx)
+        (entry, inbox)
     }
 
     fn kicked(entry: &DeviceEntry) -> Option<Control> {
-        entry.control.reason.lock().expect("lock").clone()
+        entry.inbox.close_reason()
     }
 
     fn user() -> UserId {
@@ -350,14 +414,14 @@ mod tests {
     #[test]
     fn delivery_skips_the_origin_and_flags_slow_consumers() {
         let sessions = Sessions::new(1);
-        let (phone, mut phone_rx) = entry(&sessions, "phone", Platform::Ios);
-        let (laptop, mut laptop_rx) = entry(&sessions, "laptop", Platform::Linux);
+        let (phone, phone_inbox) = entry(&sessions, "phone", Platform::Ios);
+        let (laptop, laptop_inbox) = entry(&sessions, "laptop", Platform::Linux);
         sessions.register(&user(), phone.clone());
         sessions.register(&user(), laptop);
         let frame = SharedFrame::new(ServerFrame::Event(Event::TokenExpired(Empty)));
         assert_eq!(sessions.deliver(&user(), &frame, Some(phone.session)), 1);
-        assert!(phone_rx.try_recv().is_err());
-        assert!(laptop_rx.try_recv().is_ok());
+        assert!(phone_inbox.try_next_event().is_none());
+        assert!(laptop_inbox.try_next_event().is_some());
         for _ in 0..3 {
             sessions.deliver(&user(), &frame, None);
         }

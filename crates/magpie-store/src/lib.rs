@@ -165,8 +165,9 @@ pub trait Store: Send + Sync + 'static {
     /// Invalidates every token issued so far; returns the new generation. `NotFound` if absent.
     async fn revoke_tokens(&self, id: &UserId) -> StoreResult<u64>;
 
-    /// Stores a message with the conversation's next seq, unless (sender, client_msg_id) was
-    /// stored before, in which case the original is returned with `duplicate: true`.
+    /// Stores a message with the conversation's next seq, unless the same sender stored the
+    /// same client_msg_id in this conversation before, in which case the original is returned
+    /// with `duplicate: true`.
     /// Updates each participant's conversation row; the sender's read seq moves to the message.
     /// `on_commit` runs once the outcome is durable (also for a duplicate).
     ///

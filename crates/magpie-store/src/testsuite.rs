@@ -212,7 +212,7 @@ pub async fn appends_get_gap_free_seqs_per_conversation<B: Backend>(b: &B) {
 
 pub async fn retries_return_the_original_message<B: Backend>(b: &B) {
     let store = b.open().await;
-    create_users(&store, &["alice", "bob"]).await;
+    create_users(&store, &["alice", "bob", "carol"]).await;
     let original = store
         .append_message(new_message("alice", "bob", "same", "first", 100), None)
         .await
@@ -231,6 +231,11 @@ pub async fn retries_return_the_original_message<B: Backend>(b: &B) {
         .await
         .unwrap();
     assert!(!other_sender.duplicate, "dedupe is per sender");
+    let other_conversation = store
+        .append_message(new_message("alice", "carol", "same", "to carol", 400), None)
+        .await
+        .unwrap();
+    assert!(!other_conversation.duplicate, "dedupe is per conversation");
     assert_eq!(other_sender.message.seq, 2, "the retry consumed no seq");
     let page = store
         .get_messages(MessageQuery {

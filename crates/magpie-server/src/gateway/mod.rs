@@ -21,7 +21,7 @@ use crate::error::body_response;
 
 /// Bytes the socket reads at once. Small, because idle connections dominate memory; larger
 /// frames are assembled across reads.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 
 /// `GET /v1/ws`: upgrades to a WebSocket session.
 pub(crate) async fn upgrade(

@@ -22,8 +22,7 @@ use magpie_proto::frame::{
 use magpie_proto::{
     Codec, ErrorBody, ErrorCode, Event, Millis, Request, Response, ServerFrame, UserId,
 };
-use tokio::sync::mpsc;
-use tokio::time::{Instant, Interval, Sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
 use super::ratelimit::TokenBucket;
 use crate::app::App;
@@ -31,7 +30,7 @@ use crate::clock::now_ms;
 use crate::error::Error;
 use crate::messaging::Origin;
 use crate::metrics::Metrics;
-use crate::sessions::{Control, ControlSignal, DeviceEntry, SessionId, SharedFrame};
+use crate::sessions::{Control, Delivery, DeviceEntry, Inbox, SessionId, SharedFrame};
 
 type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
@@ -51,10 +50,8 @@ struct Conn {
     codec: Codec,
     app: Arc<App>,
     login: Option<LoggedIn>,
-    /// Events for this device, once logged in.
-    events: Option<mpsc::Receiver<Arc<SharedFrame>>>,
-    /// Kick / slow-consumer signal, once logged in.
-    control: Option<Arc<ControlSignal>>,
+    /// Events for this device and its close signal, once logged in.
+    inbox: Option<Arc<Inbox>>,
     last_heard: Instant,
     requests: TokenBucket,
     sends: TokenBucket,
@@ -77,8 +74,7 @@ pub(super) async fn run(socket: WebSocket, codec: Codec, app: Arc<App>) {
         sends: TokenBucket::new(limits.send_rate_per_sec, limits.send_burst, now),
         app: app.clone(),
         login: None,
-        events: None,
-        control: None,
+        inbox: None,
         last_heard: now,
         in_flight: FuturesOrdered::new(),
         token_changed: false,
@@ -104,18 +100,9 @@ pub(super) async fn run(socket: WebSocket, codec: Codec, app: Arc<App>) {
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn next_event(
-    events: &mut Option<mpsc::Receiver<Arc<SharedFrame>>>,
-) -> Option<Arc<SharedFrame>> {
-    match events {
-        Some(events) => events.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_control(control: &Option<Arc<ControlSignal>>) -> Control {
-    match control {
-        Some(control) => control.raised().await,
+async fn next_delivery(inbox: &Option<Arc<Inbox>>) -> Delivery {
+    match inbox {
+        Some(inbox) => inbox.next().await,
         None => std::future::pending().await,
     }
 }
@@ -130,13 +117,14 @@ impl Conn {
         let (max_in_flight, max_frame) = (gateway.max_in_flight, gateway.max_frame_bytes);
         let heartbeat_every = self.app.config.heartbeat_interval();
         let idle_timeout = self.app.config.idle_timeout();
-        let mut heartbeat: Interval =
-            tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let login_timer =
-            sleep_until(Instant::now() + Duration::from_millis(gateway.login_timeout_ms));
-        tokio::pin!(login_timer);
-        let mut token_timer: Pin<Box<Sleep>> = Box::pin(sleep_until(far_future()));
+        // One timer per connection, for whichever comes first: the next heartbeat, the login
+        // deadline (before login) or the next token event (after). Timers cost memory on every
+        // idle connection.
+        let mut next_heartbeat = Instant::now() + heartbeat_every;
+        let login_deadline = Instant::now() + Duration::from_millis(gateway.login_timeout_ms);
+        let mut token_due = far_future();
+        let timer = sleep_until(next_heartbeat.min(login_deadline));
+        tokio::pin!(timer);
         let shutdown = self.app.shutdown.clone();
 
         loop {
@@ -145,19 +133,13 @@ impl Conn {
                     self.drain_in_flight().await;
                     return Some((close::SERVICE_RESTART, "server shutting down"));
                 }
-                control = next_control(&self.control) => return self.on_control(control).await,
-                event = next_event(&mut self.events) => match event {
-                    Some(frame) => {
+                delivery = next_delivery(&self.inbox) => match delivery {
+                    Delivery::Close(control) => return self.on_control(control).await,
+                    Delivery::Event(frame) => {
                         if self.write_events(frame).await.is_err() {
                             return None;
                         }
                     }
-                    // The registry dropped this session. A kick drops it too, right after
-                    // raising its reason: answer with that, so the `kicked` event is sent.
-                    None => match self.control.as_ref().and_then(|c| c.current()) {
-                        Some(control) => return self.on_control(control).await,
-                        None => return Some((close::KICKED, "session ended")),
-                    },
                 },
                 Some(frame) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     if self.write(&frame).await.is_err() {
@@ -181,26 +163,38 @@ impl Conn {
                         return ending;
                     }
                 }
-                _ = heartbeat.tick() => {
-                    if self.last_heard.elapsed() >= idle_timeout {
-                        return Some((close::IDLE_TIMEOUT, "idle timeout"));
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if self.login.is_none() && now >= login_deadline {
+                        return Some((close::LOGIN_TIMEOUT, "no login within the login timeout"));
                     }
-                    if self.send(WsMessage::Ping(Bytes::new())).await.is_err() {
-                        return None;
+                    if now >= next_heartbeat {
+                        if self.last_heard.elapsed() >= idle_timeout {
+                            return Some((close::IDLE_TIMEOUT, "idle timeout"));
+                        }
+                        if self.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                            return None;
+                        }
+                        next_heartbeat = now + heartbeat_every;
                     }
-                }
-                _ = &mut login_timer, if self.login.is_none() => {
-                    return Some((close::LOGIN_TIMEOUT, "no login within the login timeout"));
-                }
-                _ = &mut token_timer, if self.login.is_some() => {
-                    if let Some(ending) = self.on_token_timer().await {
-                        return ending;
+                    if self.login.is_some() && now >= token_due {
+                        if let Some(ending) = self.on_token_timer().await {
+                            return ending;
+                        }
+                        self.token_changed = true;
                     }
-                    token_timer.as_mut().reset(self.token_deadline());
                 }
             }
             if std::mem::take(&mut self.token_changed) {
-                token_timer.as_mut().reset(self.token_deadline());
+                token_due = self.token_deadline();
+            }
+            let wake = next_heartbeat.min(if self.login.is_none() {
+                login_deadline
+            } else {
+                token_due
+            });
+            if wake != timer.deadline() {
+                timer.as_mut().reset(wake);
             }
         }
     }
@@ -455,8 +449,7 @@ impl Conn {
             }
         };
         let sessions = &self.app.sessions;
-        let (events_tx, events) = mpsc::channel(self.app.config.gateway.outbound_queue);
-        let control = Arc::new(ControlSignal::default());
+        let inbox = Inbox::new(self.app.config.gateway.outbound_queue);
         let session = sessions.next_session_id();
         let now = now_ms();
         let kicked = sessions.register(
@@ -466,8 +459,7 @@ impl Conn {
                 device_id: request.device_id.clone(),
                 platform: request.platform,
                 connected_at: now,
-                events: events_tx,
-                control: control.clone(),
+                inbox: inbox.clone(),
             },
         );
         Metrics::add(&self.app.metrics.kicks, kicked as u64);
@@ -479,8 +471,7 @@ impl Conn {
             token_expires_at: claims.expires_at_ms(),
             warned: false,
         });
-        self.events = Some(events);
-        self.control = Some(control);
+        self.inbox = Some(inbox);
         self.token_changed = true;
         let gateway = &self.app.config.gateway;
         let response = Response::Login(LoginResponse {
@@ -530,7 +521,7 @@ impl Conn {
     async fn write_events(&mut self, first: Arc<SharedFrame>) -> Result<(), axum::Error> {
         let idle_timeout = self.app.config.idle_timeout();
         let codec = self.codec;
-        let (socket, events) = (&mut self.socket, &mut self.events);
+        let (socket, inbox) = (&mut self.socket, &self.inbox);
         let batch = async move {
             let mut next = Some(first);
             let mut queued = 0;
@@ -540,7 +531,7 @@ impl Conn {
                 }
                 queued += 1;
                 if queued < MAX_WRITE_BATCH {
-                    next = events.as_mut().and_then(|events| events.try_recv().ok());
+                    next = inbox.as_ref().and_then(|inbox| inbox.try_next_event());
                 }
             }
             socket.flush().await

@@ -39,8 +39,10 @@ CREATE TABLE messages (
     server_time     INTEGER NOT NULL,
     PRIMARY KEY (conversation_id, seq)
 ) WITHOUT ROWID;
-CREATE UNIQUE INDEX messages_by_id ON messages (id);
-CREATE UNIQUE INDEX messages_dedupe ON messages (sender, client_msg_id);
+-- A retry of a send goes to the same conversation, so dedupe is per conversation; keyed by
+-- conversation first, a batch's dedupe entries land on the same pages as its messages'
+-- conversations rather than on one page per sender.
+CREATE UNIQUE INDEX messages_dedupe ON messages (conversation_id, sender, client_msg_id);
 
 -- Each user's own view of a conversation: read state now, pinned / muted / draft later.
 CREATE TABLE user_conversations (

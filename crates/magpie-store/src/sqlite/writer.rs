@@ -376,14 +376,20 @@ impl State {
 
     fn original(&self, message: &Message) -> StoreResult<Option<Message>> {
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.sender = ?1 AND m.client_msg_id = ?2"
+            "SELECT {MESSAGE_COLUMNS} FROM messages m \
+             WHERE m.conversation_id = ?1 AND m.sender = ?2 AND m.client_msg_id = ?3"
         );
         Ok(self
             .conn
             .prepare_cached(&sql)?
-            .query_row((message.from.as_str(), &message.client_msg_id), |r| {
-                rows::message(r, 0)
-            })
+            .query_row(
+                (
+                    message.conversation_id.as_str(),
+                    message.from.as_str(),
+                    &message.client_msg_id,
+                ),
+                |r| rows::message(r, 0),
+            )
             .optional()?)
     }
 
@@ -416,7 +422,7 @@ impl State {
             .prepare_cached(
                 "INSERT INTO messages (id, conversation_id, seq, sender, recipient, client_msg_id, content, ext, server_time) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                 ON CONFLICT (sender, client_msg_id) DO NOTHING",
+                 ON CONFLICT (conversation_id, sender, client_msg_id) DO NOTHING",
             )?
             .execute((
                 message.id.0 as i64,

@@ -80,8 +80,10 @@ impl ClientConfig {
                 device_id: None,
                 platform: Platform::Linux,
                 client_version: concat!("magpie-sdk/", env!("CARGO_PKG_VERSION")).to_owned(),
-                sync_page_size: 500,
-                history_page_size: 200,
+                // Pages the server answers without leaving its async workers (see the store's
+                // read pool); larger ones work but cost the server a thread hand-off.
+                sync_page_size: 100,
+                history_page_size: 100,
                 max_concurrent_pulls: 8,
             },
         }
@@ -183,13 +185,13 @@ impl ClientConfigBuilder {
         self
     }
 
-    /// How many conversations one `sync` page asks for, 1 to 500 (default 500).
+    /// How many conversations one `sync` page asks for, 1 to 500 (default 100).
     pub fn sync_page_size(mut self, n: u32) -> Self {
         self.config.sync_page_size = n;
         self
     }
 
-    /// How many messages one catch-up `get_messages` page asks for, 1 to 200 (default 200).
+    /// How many messages one catch-up `get_messages` page asks for, 1 to 200 (default 100).
     pub fn history_page_size(mut self, n: u32) -> Self {
         self.config.history_page_size = n;
         self

@@ -316,7 +316,7 @@ async fn device(
     loop {
         let request = Request::Sync(SyncRequest {
             since,
-            limit: Some(500),
+            limit: Some(100),
         });
         let Response::Sync(page) = conn.request(request).await.context("sync")? else {
             return Err(anyhow!("unexpected answer to sync"));
@@ -339,7 +339,7 @@ async fn device(
                     direction: Direction::Forward,
                     seq: Some(cursor),
                     time: None,
-                    limit: Some(200),
+                    limit: Some(100),
                 });
                 let Response::GetMessages(page) =
                     conn.request(request).await.context("get_messages")?

@@ -55,3 +55,10 @@ CREATE TABLE user_conversations (
     PRIMARY KEY (user_id, conversation_id)
 ) WITHOUT ROWID;
 CREATE INDEX user_conversations_by_version ON user_conversations (user_id, version);
+
+-- Small facts about the store. `max_message_id` is the largest message id ever stored, kept
+-- per commit, so id generators can start above it without scanning `messages`.
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -192,7 +192,7 @@ impl Store for SqliteStore {
     async fn get_user(&self, id: &UserId) -> StoreResult<Option<UserRecord>> {
         self.check_open()?;
         let id = id.clone();
-        self.readers.run(move |c| reader::get_user(c, &id)).await
+        self.readers.run(1, move |c| reader::get_user(c, &id)).await
     }
 
     async fn update_user(&self, id: &UserId, update: UpdateUser, now: Millis) -> StoreResult<User> {
@@ -236,13 +236,13 @@ impl Store for SqliteStore {
     async fn get_messages(&self, query: MessageQuery) -> StoreResult<MessagePage> {
         self.check_open()?;
         self.readers
-            .run(move |c| reader::get_messages(c, &query))
+            .run(query.limit, move |c| reader::get_messages(c, &query))
             .await
     }
 
     async fn max_message_id(&self) -> StoreResult<u64> {
         self.check_open()?;
-        self.readers.run(reader::max_message_id).await
+        self.readers.run(1, reader::max_message_id).await
     }
 
     async fn changed_conversations(
@@ -254,7 +254,9 @@ impl Store for SqliteStore {
         self.check_open()?;
         let user = user.clone();
         self.readers
-            .run(move |c| reader::changed_conversations(c, &user, since, limit))
+            .run(limit, move |c| {
+                reader::changed_conversations(c, &user, since, limit)
+            })
             .await
     }
 
@@ -266,7 +268,9 @@ impl Store for SqliteStore {
         self.check_open()?;
         let (user, conversation) = (user.clone(), conversation.clone());
         self.readers
-            .run(move |c| reader::conversation_state(c, &user, &conversation))
+            .run(1, move |c| {
+                reader::conversation_state(c, &user, &conversation)
+            })
             .await
     }
 

@@ -117,6 +117,7 @@ fn run(
     let mut state = State {
         conn,
         cache: Cache::default(),
+        batch_max_id: None,
     };
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.blocking_recv() {
@@ -218,6 +219,8 @@ impl Cache {
 struct State {
     conn: Connection,
     cache: Cache,
+    /// The largest message id appended in the current batch.
+    batch_max_id: Option<u64>,
 }
 
 impl State {
@@ -257,6 +260,13 @@ impl State {
                 abort = Some(e);
             }
         }
+        if abort.is_none()
+            && let Some(max_id) = self.batch_max_id
+            && let Err(e) = self.record_max_id(max_id)
+        {
+            abort = Some(e);
+        }
+        self.batch_max_id = None;
         let outcome = match abort {
             Some(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -320,6 +330,16 @@ impl State {
             }
             WriteOp::Close(reply) => done(reply, Err(closed())),
         }
+    }
+
+    fn record_max_id(&self, id: u64) -> StoreResult<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('max_message_id', ?1) \
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            )?
+            .execute([id as i64])?;
+        Ok(())
     }
 
     /// Whether a user exists and is not deleted; loads their change counter on the way.
@@ -448,6 +468,7 @@ impl State {
             });
         }
         message.seq = seq;
+        self.batch_max_id = self.batch_max_id.max(Some(message.id.0));
         let conversation = message.conversation_id.as_str();
         let now = message.server_time;
         if seq == 1 {

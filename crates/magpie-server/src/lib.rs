@@ -120,10 +120,18 @@ pub async fn run(
         tracker: TaskTracker::new(),
         config,
     });
-    tracing::info!(addr = %listener.local_addr()?, data = %app.config.data_dir.display(), "magpie is serving");
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data = %app.config.data_dir.display(), "magpie is serving");
 
     let stopping = app.shutdown.clone();
     let router = api::router(app.clone());
+    // Frames are small and flushed deliberately: Nagle's algorithm would hold a second frame
+    // until the peer's delayed ACK (40 ms on Linux) acknowledges the first.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;

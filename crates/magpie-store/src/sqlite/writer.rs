@@ -117,6 +117,7 @@ fn run(
     let mut state = State {
         conn,
         cache: Cache::default(),
+        pending_rows: HashMap::new(),
         batch_max_id: None,
     };
     let mut batch = Vec::with_capacity(max_batch);
@@ -216,9 +217,21 @@ impl Cache {
     }
 }
 
+/// A participant's conversation row as the current batch leaves it.
+struct PendingRow {
+    peer: Option<UserId>,
+    /// The highest read seq the batch gives the user (0: unchanged).
+    read_seq: u64,
+    version: u64,
+    updated_at: Millis,
+}
+
 struct State {
     conn: Connection,
     cache: Cache,
+    /// (user, conversation) rows the batch's appends changed, written before anything reads
+    /// them and before the commit.
+    pending_rows: HashMap<(String, String), PendingRow>,
     /// The largest message id appended in the current batch.
     batch_max_id: Option<u64>,
 }
@@ -261,11 +274,17 @@ impl State {
             }
         }
         if abort.is_none()
+            && let Err(e) = self.flush_rows()
+        {
+            abort = Some(e);
+        }
+        if abort.is_none()
             && let Some(max_id) = self.batch_max_id
             && let Err(e) = self.record_max_id(max_id)
         {
             abort = Some(e);
         }
+        self.pending_rows.clear();
         self.batch_max_id = None;
         let outcome = match abort {
             Some(e) => {
@@ -287,8 +306,41 @@ impl State {
         close
     }
 
+    /// Writes the conversation rows held back by the batch's appends.
+    fn flush_rows(&mut self) -> StoreResult<()> {
+        if self.pending_rows.is_empty() {
+            return Ok(());
+        }
+        let mut upsert = self.conn.prepare_cached(
+            "INSERT INTO user_conversations (user_id, conversation_id, peer, read_seq, version, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
+               version = excluded.version, updated_at = excluded.updated_at, \
+               read_seq = max(read_seq, excluded.read_seq)",
+        )?;
+        for ((user, conversation), row) in self.pending_rows.drain() {
+            upsert.execute((
+                user,
+                conversation,
+                row.peer.as_ref().map(UserId::as_str),
+                row.read_seq as i64,
+                row.version as i64,
+                row.updated_at,
+            ))?;
+        }
+        Ok(())
+    }
+
     /// Applies one write; returns its completion and its error, if any.
     fn apply(&mut self, op: WriteOp) -> (Completion, Option<StoreError>) {
+        // Anything but an append may read conversation rows: bring them up to date first.
+        if !matches!(op, WriteOp::Append(..))
+            && let Err(e) = self.flush_rows()
+        {
+            let error = StoreError::new(e.kind(), e.message());
+            fail(op, &e);
+            return (Box::new(|_| {}), Some(error));
+        }
         fn done<T: Send + 'static>(
             reply: Reply<T>,
             result: StoreResult<T>,
@@ -490,22 +542,20 @@ impl State {
         for user in &new.participants {
             let version = self.next_version(user)?;
             let read_seq = if *user == message.from { seq } else { 0 };
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO user_conversations (user_id, conversation_id, peer, read_seq, version, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
-                       version = excluded.version, updated_at = excluded.updated_at, \
-                       read_seq = max(read_seq, excluded.read_seq)",
-                )?
-                .execute((
-                    user.as_str(),
-                    conversation,
-                    message.conversation_id.c2c_peer(user).as_ref().map(UserId::as_str),
-                    read_seq as i64,
-                    version as i64,
-                    now,
-                ))?;
+            // Held until the end of the batch: a conversation that gets several messages in
+            // one batch writes its participants' rows once, not once per message.
+            let row = self
+                .pending_rows
+                .entry((user.as_str().to_owned(), conversation.to_owned()))
+                .or_insert_with(|| PendingRow {
+                    peer: message.conversation_id.c2c_peer(user),
+                    read_seq: 0,
+                    version,
+                    updated_at: now,
+                });
+            row.version = version;
+            row.read_seq = row.read_seq.max(read_seq);
+            row.updated_at = now;
         }
         Ok(Appended {
             message,

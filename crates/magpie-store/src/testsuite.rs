@@ -800,14 +800,34 @@ pub async fn a_read_right_behind_appends_sees_them<B: Backend>(b: &B) {
     let appending: Vec<_> = (0..5)
         .map(|i| store.append_message(new_message("alice", "bob", &format!("b{i}"), "x", 1), None))
         .collect();
-    let read = store.mark_read(&uid("bob"), &c2c("alice", "bob"), 5, 2).await.unwrap();
+    let read = store
+        .mark_read(&uid("bob"), &c2c("alice", "bob"), 5, 2)
+        .await
+        .unwrap();
     for future in appending {
         future.await.unwrap();
     }
-    assert_eq!((read.state.last_seq, read.state.read_seq, read.state.unread_count), (5, 5, 0));
-    let alice = store.conversation_state(&uid("alice"), &c2c("alice", "bob")).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            read.state.last_seq,
+            read.state.read_seq,
+            read.state.unread_count
+        ),
+        (5, 5, 0)
+    );
+    let alice = store
+        .conversation_state(&uid("alice"), &c2c("alice", "bob"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((alice.read_seq, alice.unread_count), (5, 0));
-    let synced = store.changed_conversations(&uid("bob"), 0, 10).await.unwrap();
+    let synced = store
+        .changed_conversations(&uid("bob"), 0, 10)
+        .await
+        .unwrap();
     assert_eq!(synced.conversations[0].read_seq, 5);
-    assert_eq!(synced.conversations[0].version, read.state.version, "the read is bob's last change");
+    assert_eq!(
+        synced.conversations[0].version, read.state.version,
+        "the read is bob's last change"
+    );
 }

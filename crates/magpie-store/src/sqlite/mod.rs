@@ -96,7 +96,14 @@ impl SqliteStore {
         schema::migrate(&mut conn)?;
         let checkpointer =
             checkpoint::Checkpointer::spawn(open_connection(path, options.durability)?)?;
-        let writer = Writer::spawn(conn, options.max_batch, options.observer, checkpointer)?;
+        let restarter = checkpoint::Restarter::new(wal_path(path));
+        let writer = Writer::spawn(
+            conn,
+            options.max_batch,
+            options.observer,
+            checkpointer,
+            restarter,
+        )?;
         let readers = ReadPool::new(path.to_owned(), options.read_connections);
         Ok(Self {
             path: path.to_owned(),
@@ -133,6 +140,13 @@ pub(super) fn tune_statements(conn: &rusqlite::Connection) -> StoreResult<()> {
         true,
     )?;
     Ok(())
+}
+
+/// The WAL file next to a database.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
 }
 
 /// Takes `<database>.lock` so that a second server on the same data directory fails at start
@@ -174,8 +188,10 @@ fn open_connection(path: &Path, durability: Durability) -> StoreResult<rusqlite:
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // 64 MiB of page cache: the writer touches the same index pages over and over.
     conn.pragma_update(None, "cache_size", -65_536)?;
-    // Checkpoints run on their own thread (see `checkpoint`), never inside a commit.
+    // Checkpoints run on their own thread (see `checkpoint`), never inside a commit; when the
+    // WAL starts over, its file is trimmed back to this size.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", checkpoint::RESTART_BYTES as i64)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

@@ -15,7 +15,7 @@ use magpie_proto::{ConversationId, Message, Millis, UserId};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
-use super::checkpoint::Checkpointer;
+use super::checkpoint::{Checkpointer, Restarter};
 use super::rows::{self, MESSAGE_COLUMNS};
 use crate::{
     Appended, CommitObserver, NewMessage, NewUser, OnCommit, ReadOutcome, StoreError,
@@ -65,11 +65,21 @@ impl Writer {
         max_batch: usize,
         observer: Arc<dyn CommitObserver>,
         checkpointer: Checkpointer,
+        restarter: Restarter,
     ) -> StoreResult<Self> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         std::thread::Builder::new()
             .name("magpie-sqlite-writer".into())
-            .spawn(move || run(conn, rx, max_batch.max(1), observer.as_ref(), checkpointer))
+            .spawn(move || {
+                run(
+                    conn,
+                    rx,
+                    max_batch.max(1),
+                    observer.as_ref(),
+                    checkpointer,
+                    restarter,
+                )
+            })
             .map_err(StoreError::internal)?;
         Ok(Self { tx })
     }
@@ -113,6 +123,7 @@ fn run(
     max_batch: usize,
     observer: &dyn CommitObserver,
     mut checkpointer: Checkpointer,
+    mut restarter: Restarter,
 ) {
     let mut state = State {
         conn,
@@ -143,6 +154,7 @@ fn run(
             }
             return;
         }
+        restarter.maybe_restart(&state.conn);
     }
 }
 

@@ -8,15 +8,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use magpie_proto::UserId;
 use magpie_server::auth::TokenSigner;
-use magpie_testkit::{Closed, RawClient, TEST_SECRET, TestServer};
+use magpie_testkit::{Closed, RawClient, TEST_SECRET, TestServer, now_ms};
 use serde_json::{Value, json};
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 fn now_secs() -> i64 {
     now_ms() / 1000

@@ -5,15 +5,8 @@
 
 use std::time::Duration;
 
-use magpie_testkit::{Closed, RawClient, TestServer};
+use magpie_testkit::{Closed, RawClient, TestServer, now_ms};
 use serde_json::{Value, json};
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 async fn device_ids(client: &mut RawClient) -> Vec<String> {
     let answer = client.request("list_devices", json!({})).await;

@@ -282,3 +282,11 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Wall-clock milliseconds since the Unix epoch, the protocol's time unit.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

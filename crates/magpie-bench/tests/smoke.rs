@@ -18,13 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A test server with the per-device rate limits lifted, as the bench's generated config does.
 async fn server() -> TestServer {
-    TestServer::start_with(|config| {
-        config.limits.send_rate_per_sec = 1e9;
-        config.limits.send_burst = 1_000_000_000;
-        config.limits.request_rate_per_sec = 1e9;
-        config.limits.request_burst = 1_000_000_000;
-    })
-    .await
+    TestServer::start_without_rate_limits().await
 }
 
 async fn target(server: &TestServer) -> Target {

@@ -143,17 +143,6 @@ pub enum ConversationKind {
     Thread,
 }
 
-impl ConversationKind {
-    fn prefix(self) -> &'static str {
-        match self {
-            Self::C2c => "c2c",
-            Self::Group => "grp",
-            Self::Room => "room",
-            Self::Thread => "thr",
-        }
-    }
-}
-
 /// A conversation id: `<kind>:<parts>`. The colon never appears inside user ids, so the id is
 /// unambiguous, and both participants of a one-to-one conversation compute the same id.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -228,11 +217,6 @@ impl ConversationId {
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    /// The prefix used for a kind (for documentation and tests).
-    pub fn prefix_of(kind: ConversationKind) -> &'static str {
-        kind.prefix()
     }
 }
 

@@ -203,13 +203,7 @@ fn seqs(messages: &[Message]) -> Vec<u64> {
 
 /// A server whose send rate limit does not slow the tests down.
 async fn fast_server() -> TestServer {
-    TestServer::start_with(|config| {
-        config.limits.send_rate_per_sec = 10_000.0;
-        config.limits.send_burst = 10_000;
-        config.limits.request_rate_per_sec = 10_000.0;
-        config.limits.request_burst = 10_000;
-    })
-    .await
+    TestServer::start_without_rate_limits().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@ mod app;
 pub mod auth;
 mod clock;
 pub mod config;
+mod encoded;
 mod error;
 mod gateway;
 pub mod ids;

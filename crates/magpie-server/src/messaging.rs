@@ -4,6 +4,9 @@
 //! commit) and of reading conversations. It must not know about sockets: the gateway and the
 //! REST API both call it.
 
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 use magpie_proto::frame::{
     GetMessagesRequest, MarkReadRequest, MessagesPage, ReadState, SendRequest, SendResponse,
     SyncRequest, SyncResponse,
@@ -12,13 +15,11 @@ use magpie_proto::message::{Peer, validate_client_msg_id};
 use magpie_proto::{
     ConversationId, ConversationState, ErrorCode, Event, Message, ServerFrame, UserId,
 };
-use std::sync::Arc;
-
-use futures_util::future::BoxFuture;
 use magpie_store::{Anchor, Appended, MessageQuery, NewMessage, OnCommit};
 
 use crate::app::App;
 use crate::clock::now_ms;
+use crate::encoded::json_len;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::sessions::{SessionId, Sessions, SharedFrame};
@@ -234,25 +235,6 @@ impl App {
             Metrics::add(&self.metrics.deliveries, delivered as u64);
         }
         Ok(outcome.state)
-    }
-}
-
-/// The length of a value's JSON encoding, counted without building it.
-fn json_len<T: serde::Serialize>(value: &T) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    match serde_json::to_writer(&mut count, value) {
-        Ok(()) => count.0,
-        Err(_) => usize::MAX,
     }
 }
 

@@ -37,11 +37,6 @@ impl SharedFrame {
         })
     }
 
-    /// The frame.
-    pub fn frame(&self) -> &ServerFrame {
-        &self.frame
-    }
-
     /// The frame's bytes in `codec`.
     pub fn encoded(&self, codec: Codec) -> Bytes {
         let cell = match codec {

@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 use crate::app::App;
 use crate::auth::{Claims, check_claims};
 use crate::clock::now_ms;
+use crate::encoded::json_len;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -40,9 +41,7 @@ fn check_profile(
             format!("avatar_url is longer than {MAX_URL_LEN} bytes"),
         ));
     }
-    let ext_len = ext.map_or(0, |e| {
-        serde_json::to_vec(e).map(|v| v.len()).unwrap_or(usize::MAX)
-    });
+    let ext_len = ext.map_or(0, json_len);
     if ext_len > MAX_USER_EXT_BYTES {
         return Err(Error::new(
             ErrorCode::TooLarge,

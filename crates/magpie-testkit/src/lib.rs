@@ -53,6 +53,18 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
+    /// Starts a server whose per-connection rate limits never get in the way of a test or a
+    /// smoke run that sends as fast as it can.
+    pub async fn start_without_rate_limits() -> Self {
+        Self::start_with(|config| {
+            config.limits.send_rate_per_sec = 1e9;
+            config.limits.send_burst = 1_000_000_000;
+            config.limits.request_rate_per_sec = 1e9;
+            config.limits.request_burst = 1_000_000_000;
+        })
+        .await
+    }
+
     /// Starts a server after letting `tweak` adjust the test configuration.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let data = tempfile::tempdir().unwrap();

@@ -80,7 +80,6 @@ impl std::fmt::Debug for SqliteOptions {
 /// The SQLite store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct SqliteStore {
-    path: PathBuf,
     /// Held for the store's lifetime: the writer's caches assume it is the only writer.
     _lock: std::fs::File,
     writer: Writer,
@@ -106,17 +105,11 @@ impl SqliteStore {
         )?;
         let readers = ReadPool::new(path.to_owned(), options.read_connections);
         Ok(Self {
-            path: path.to_owned(),
             _lock: lock,
             writer,
             readers,
             closed: AtomicBool::new(false),
         })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn check_open(&self) -> StoreResult<()> {

@@ -9,6 +9,7 @@
 //!
 //! - [`Store`]: the async interface the server uses. Writes resolve only once committed.
 //! - [`sqlite`]: the embedded default backend (WAL, group commit on one writer thread).
+//! - `postgres` (feature `postgres`): the shared backend for a cluster of servers.
 //! - `testsuite` (feature `testsuite`): one conformance suite, instantiated per backend.
 
 use std::time::Duration;
@@ -20,6 +21,8 @@ use magpie_proto::{ConversationId, ConversationState, Message, Millis, UserId};
 use serde_json::{Map, Value};
 
 mod error;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
@@ -134,6 +137,9 @@ pub struct ReadOutcome {
     pub changed: bool,
 }
 
+/// The largest snowflake node id: node ids are `0..=MAX_NODE_ID` (10 bits).
+pub const MAX_NODE_ID: u16 = 1023;
+
 /// Told about every commit, for metrics.
 pub trait CommitObserver: Send + Sync + 'static {
     /// A transaction holding `batch` writes committed after `elapsed`.
@@ -203,6 +209,16 @@ pub trait Store: Send + Sync + 'static {
         seq: u64,
         now: Millis,
     ) -> StoreResult<ReadOutcome>;
+
+    /// Claims the lowest node id in `0..=MAX_NODE_ID` that no live lease holds, for `holder`
+    /// (a unique instance name), for `lease`. Cluster nodes sharing a store thereby take
+    /// distinct snowflake node ids. `Unavailable` if all are taken.
+    async fn claim_node_id(&self, holder: &str, lease: Duration) -> StoreResult<u16>;
+    /// Extends `holder`'s lease on `node` to `lease` from now; `Ok(false)` if the lease was lost
+    /// (expired and claimed by another holder). An expired lease nobody took is renewed.
+    async fn renew_node_id(&self, node: u16, holder: &str, lease: Duration) -> StoreResult<bool>;
+    /// Gives the id back (clean shutdown); a no-op if `holder` no longer holds it.
+    async fn release_node_id(&self, node: u16, holder: &str) -> StoreResult<()>;
 
     /// Finishes pending writes and releases resources. Later calls fail with `Unavailable`.
     async fn close(&self) -> StoreResult<()>;

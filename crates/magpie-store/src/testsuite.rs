@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use magpie_proto::frame::Direction;
 use magpie_proto::message::Peer;
@@ -15,7 +16,7 @@ use magpie_proto::rest::UpdateUser;
 use magpie_proto::{ConversationId, Message, MessageContent, MessageId, UserId};
 use serde_json::json;
 
-use crate::{Anchor, MessageQuery, NewMessage, NewUser, Store, StoreErrorKind};
+use crate::{Anchor, MAX_NODE_ID, MessageQuery, NewMessage, NewUser, Store, StoreErrorKind};
 
 /// A way to get fresh stores of one backend.
 #[allow(async_fn_in_trait)]
@@ -51,6 +52,11 @@ macro_rules! store_test_suite {
             server_times_never_decrease_along_seqs,
             appends_take_seqs_in_call_order_not_poll_order,
             a_read_right_behind_appends_sees_them,
+            node_ids_are_distinct_per_holder,
+            only_the_holder_renews_a_node_id,
+            an_expired_node_lease_goes_to_the_next_claimer,
+            a_released_node_id_is_reused,
+            claims_fail_once_every_node_id_is_leased,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {
@@ -830,4 +836,110 @@ pub async fn a_read_right_behind_appends_sees_them<B: Backend>(b: &B) {
         synced.conversations[0].version, read.state.version,
         "the read is bob's last change"
     );
+}
+
+const LONG_LEASE: Duration = Duration::from_secs(600);
+
+pub async fn node_ids_are_distinct_per_holder<B: Backend>(b: &B) {
+    let store = b.open().await;
+    let a = store.claim_node_id("node-a", LONG_LEASE).await.unwrap();
+    let b = store.claim_node_id("node-b", LONG_LEASE).await.unwrap();
+    assert_eq!((a, b), (0, 1), "each claim takes the lowest free id");
+}
+
+pub async fn only_the_holder_renews_a_node_id<B: Backend>(b: &B) {
+    let store = b.open().await;
+    let node = store.claim_node_id("node-a", LONG_LEASE).await.unwrap();
+    assert!(
+        store
+            .renew_node_id(node, "node-a", LONG_LEASE)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_node_id(node, "node-b", LONG_LEASE)
+            .await
+            .unwrap(),
+        "another holder cannot renew it"
+    );
+    assert!(
+        !store
+            .renew_node_id(node + 1, "node-a", LONG_LEASE)
+            .await
+            .unwrap(),
+        "nor can anyone renew an id never claimed"
+    );
+    assert_eq!(
+        store.claim_node_id("node-b", LONG_LEASE).await.unwrap(),
+        node + 1,
+        "the renewed id stays taken"
+    );
+}
+
+pub async fn an_expired_node_lease_goes_to_the_next_claimer<B: Backend>(b: &B) {
+    let store = b.open().await;
+    let node = store
+        .claim_node_id("old", Duration::from_millis(50))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let taken = store.claim_node_id("new", LONG_LEASE).await.unwrap();
+    assert_eq!(taken, node, "an expired lease is free again");
+    assert!(
+        !store.renew_node_id(node, "old", LONG_LEASE).await.unwrap(),
+        "the old holder lost it"
+    );
+    assert!(store.renew_node_id(node, "new", LONG_LEASE).await.unwrap());
+}
+
+pub async fn a_released_node_id_is_reused<B: Backend>(b: &B) {
+    let store = b.open().await;
+    let a = store.claim_node_id("a", LONG_LEASE).await.unwrap();
+    let b = store.claim_node_id("b", LONG_LEASE).await.unwrap();
+    store.release_node_id(b, "a").await.unwrap();
+    assert!(
+        store.renew_node_id(b, "b", LONG_LEASE).await.unwrap(),
+        "only the holder can release an id"
+    );
+    store.release_node_id(a, "a").await.unwrap();
+    assert!(!store.renew_node_id(a, "a", LONG_LEASE).await.unwrap());
+    assert_eq!(store.claim_node_id("c", LONG_LEASE).await.unwrap(), a);
+    assert_eq!(store.claim_node_id("d", LONG_LEASE).await.unwrap(), b + 1);
+}
+
+pub async fn claims_fail_once_every_node_id_is_leased<B: Backend>(b: &B) {
+    let store = Arc::new(b.open().await);
+    // Claimed from several tasks at once: racing claims must still get distinct ids.
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut claims = Vec::new();
+                for i in 0..128 {
+                    let holder = format!("holder-{t}-{i}");
+                    let id = store.claim_node_id(&holder, LONG_LEASE).await.unwrap();
+                    claims.push((id, holder));
+                }
+                claims
+            })
+        })
+        .collect();
+    let mut holders = std::collections::BTreeMap::new();
+    for task in tasks {
+        for (id, holder) in task.await.unwrap() {
+            assert!(
+                holders.insert(id, holder).is_none(),
+                "node id {id} was handed out twice"
+            );
+        }
+    }
+    assert_eq!(
+        holders.keys().copied().collect::<BTreeSet<u16>>(),
+        (0..=MAX_NODE_ID).collect::<BTreeSet<u16>>()
+    );
+    let err = store.claim_node_id("late", LONG_LEASE).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::Unavailable);
+    store.release_node_id(700, &holders[&700]).await.unwrap();
+    assert_eq!(store.claim_node_id("late", LONG_LEASE).await.unwrap(), 700);
 }

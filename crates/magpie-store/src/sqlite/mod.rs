@@ -20,6 +20,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use magpie_proto::rest::{UpdateUser, User};
@@ -300,6 +301,30 @@ impl Store for SqliteStore {
                 now,
                 reply,
             })
+            .await
+    }
+
+    async fn claim_node_id(&self, holder: &str, lease: Duration) -> StoreResult<u16> {
+        self.check_open()?;
+        let holder = holder.to_owned();
+        self.writer
+            .submit(|reply| WriteOp::ClaimNode(holder, lease, reply))
+            .await
+    }
+
+    async fn renew_node_id(&self, node: u16, holder: &str, lease: Duration) -> StoreResult<bool> {
+        self.check_open()?;
+        let holder = holder.to_owned();
+        self.writer
+            .submit(|reply| WriteOp::RenewNode(node, holder, lease, reply))
+            .await
+    }
+
+    async fn release_node_id(&self, node: u16, holder: &str) -> StoreResult<()> {
+        self.check_open()?;
+        let holder = holder.to_owned();
+        self.writer
+            .submit(|reply| WriteOp::ReleaseNode(node, holder, reply))
             .await
     }
 

@@ -7,7 +7,10 @@ use rusqlite::Connection;
 use crate::{StoreError, StoreErrorKind, StoreResult};
 
 /// Every migration, in order; `user_version` counts how many are applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_node_leases.sql"),
+];
 
 /// Brings the schema up to date, each migration in its own transaction.
 pub(super) fn migrate(conn: &mut Connection) -> StoreResult<()> {

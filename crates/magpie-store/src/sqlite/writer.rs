@@ -46,6 +46,9 @@ pub(super) enum WriteOp {
         now: Millis,
         reply: Reply<ReadOutcome>,
     },
+    ClaimNode(String, std::time::Duration, Reply<u16>),
+    RenewNode(u16, String, std::time::Duration, Reply<bool>),
+    ReleaseNode(u16, String, Reply<()>),
     /// Apply everything queued before it, checkpoint, and stop.
     Close(Reply<()>),
 }
@@ -192,7 +195,9 @@ fn fail(op: WriteOp, error: &StoreError) {
         WriteOp::RevokeTokens(_, r) => drop(r.send(Err(err()))),
         WriteOp::Append(_, _, r) => drop(r.send(Err(err()))),
         WriteOp::MarkRead { reply, .. } => drop(reply.send(Err(err()))),
-        WriteOp::Close(r) => drop(r.send(Err(err()))),
+        WriteOp::Close(r) | WriteOp::ReleaseNode(_, _, r) => drop(r.send(Err(err()))),
+        WriteOp::ClaimNode(_, _, r) => drop(r.send(Err(err()))),
+        WriteOp::RenewNode(_, _, _, r) => drop(r.send(Err(err()))),
     }
 }
 
@@ -391,6 +396,21 @@ impl State {
             } => {
                 let result = self.mark_read(&user, &conversation, seq, now);
                 done(reply, result)
+            }
+            WriteOp::ClaimNode(holder, lease, reply) => {
+                match leases::claim(&self.conn, &holder, lease) {
+                    // Nothing was written: the batch's other writes can still commit.
+                    Err(e) if e.kind() == StoreErrorKind::Unavailable => {
+                        (complete(reply, Err(e)), None)
+                    }
+                    result => done(reply, result),
+                }
+            }
+            WriteOp::RenewNode(node, holder, lease, reply) => {
+                done(reply, leases::renew(&self.conn, node, &holder, lease))
+            }
+            WriteOp::ReleaseNode(node, holder, reply) => {
+                done(reply, leases::release(&self.conn, node, &holder))
             }
             WriteOp::Close(reply) => done(reply, Err(closed())),
         }
@@ -618,6 +638,79 @@ impl State {
             state,
             changed: true,
         })
+    }
+}
+
+/// Node-id leases, on the local clock (one SQLite database has one server).
+mod leases {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use rusqlite::{Connection, OptionalExtension};
+
+    use crate::{MAX_NODE_ID, StoreError, StoreErrorKind, StoreResult};
+
+    fn now_ms() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn expiry(lease: Duration) -> i64 {
+        now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    pub(super) fn claim(conn: &Connection, holder: &str, lease: Duration) -> StoreResult<u16> {
+        // The lowest id without a live lease: ids below the first gap in the live ones.
+        let mut live = conn.prepare_cached(
+            "SELECT node_id FROM node_leases WHERE expires_at > ?1 ORDER BY node_id",
+        )?;
+        let mut free = 0u16;
+        let mut rows = live.query([now_ms()])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            if id != i64::from(free) {
+                break;
+            }
+            free += 1;
+        }
+        if free > MAX_NODE_ID {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("all {} node ids are leased", u32::from(MAX_NODE_ID) + 1),
+            ));
+        }
+        conn.prepare_cached(
+            "INSERT INTO node_leases (node_id, holder, expires_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (node_id) DO UPDATE SET holder = excluded.holder, \
+               expires_at = excluded.expires_at",
+        )?
+        .execute((i64::from(free), holder, expiry(lease)))?;
+        Ok(free)
+    }
+
+    pub(super) fn renew(
+        conn: &Connection,
+        node: u16,
+        holder: &str,
+        lease: Duration,
+    ) -> StoreResult<bool> {
+        // Still ours (even if expired, as long as nobody took it over).
+        let renewed = conn
+            .prepare_cached(
+                "UPDATE node_leases SET expires_at = ?3 WHERE node_id = ?1 AND holder = ?2 \
+                 RETURNING node_id",
+            )?
+            .query_row((i64::from(node), holder, expiry(lease)), |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?;
+        Ok(renewed.is_some())
+    }
+
+    pub(super) fn release(conn: &Connection, node: u16, holder: &str) -> StoreResult<()> {
+        conn.prepare_cached("DELETE FROM node_leases WHERE node_id = ?1 AND holder = ?2")?
+            .execute((i64::from(node), holder))?;
+        Ok(())
     }
 }
 

@@ -61,7 +61,8 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("server", &self.inner.config.ws_url)
+            .field("servers", &self.inner.config.ws_urls)
+            .field("current_server", &self.current_server())
             .field("device_id", &self.inner.device_id)
             .field("user_id", &self.user_id())
             .finish()
@@ -117,8 +118,10 @@ impl Client {
     /// [`ClientEvent::SyncFinished`](crate::ClientEvent::SyncFinished)). From then on the
     /// client reconnects by itself.
     ///
-    /// If this first attempt fails (network, refused token) the error is returned and
-    /// nothing keeps running.
+    /// With several server URLs, the first login tries each of them once, in the configured
+    /// [`ServerOrder`](crate::ServerOrder), until one accepts. If none does, the last one's
+    /// error is returned; a token refused for good (`token_invalid` …) is returned at once,
+    /// since every node checks tokens alike. Either way nothing keeps running.
     pub async fn login(&self, user_id: UserId, token: impl Into<String>) -> Result<LoginResponse> {
         {
             let mut slot = self.inner.slot();
@@ -207,6 +210,18 @@ impl Client {
     /// The client's configuration.
     pub fn config(&self) -> &ClientConfig {
         &self.inner.config
+    }
+
+    /// The WebSocket endpoint (one of [`ClientConfig::ws_urls`], normalised) of the connection
+    /// the client is logged in on; `None` while it is not connected. With several server URLs
+    /// this is the node in use, for logs: read it on
+    /// [`ConnectionState::Connected`](crate::ConnectionState::Connected), which is emitted
+    /// after it is set.
+    pub fn current_server(&self) -> Option<String> {
+        match &*self.inner.slot() {
+            Slot::Active(session) => session.current_server(),
+            _ => None,
+        }
     }
 
     /// The current connection state.

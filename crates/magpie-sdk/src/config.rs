@@ -1,6 +1,7 @@
 //! Client configuration.
 //!
-//! Owns the knobs an app may turn and their defaults, and the normalisation of the server URL.
+//! Owns the knobs an app may turn and their defaults, the list of server URLs and their
+//! normalisation, and the order in which a client tries them ([`ServerOrder`]).
 //! It must stay free of I/O: building a config never touches the network or the disk.
 
 use std::path::{Path, PathBuf};
@@ -38,12 +39,44 @@ impl Default for ReconnectPolicy {
     }
 }
 
+/// The order in which a client tries its server URLs.
+///
+/// Whatever the order, the client dials one URL per attempt and, when an attempt fails or a
+/// connection ends (network failure, idle timeout, a server closing with 1001 "going away" or
+/// 1012 "restarting", …), the next attempt dials the **next** URL, cycling through the list.
+/// Every URL is tried once in a row before the reconnect backoff waits, so a dead node costs
+/// one failed connect, not a backoff delay. Any node serves any user, so changing nodes keeps
+/// every delivery guarantee: the outbox resends with the same `client_msg_id`, sync catches
+/// up by version and gaps are filled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerOrder {
+    /// Each login draws its own random permutation of the URLs and cycles through it
+    /// (the default).
+    ///
+    /// Random rather than round-robin: a round-robin counter would live in one process, and
+    /// every installation is its own process, so each would start at the first URL and load
+    /// the first node with every client. A random start spreads clients evenly over the
+    /// nodes, and a random *permutation* (not a random start in list order) also spreads the
+    /// clients of a node that dies over all the others, instead of moving them all to the node
+    /// listed after it.
+    #[default]
+    Shuffled,
+    /// The URLs in the order given, starting with the first: a primary with fallbacks, or a
+    /// deterministic order for tests. The client does not move back to the first URL while
+    /// another one works.
+    AsListed,
+}
+
 /// Everything a [`Client`](crate::Client) needs to know before it connects.
 ///
-/// Build one with [`ClientConfig::builder`].
+/// Build one with [`ClientConfig::builder`] (one server URL) or
+/// [`ClientConfig::builder_with_urls`] (the nodes of a cluster).
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    pub(crate) ws_url: String,
+    /// Normalised, without duplicates, never empty once built.
+    pub(crate) ws_urls: Vec<String>,
+    pub(crate) server_order: ServerOrder,
     pub(crate) data_dir: PathBuf,
     pub(crate) codec: Codec,
     pub(crate) request_timeout: Duration,
@@ -67,10 +100,42 @@ impl ClientConfig {
         server_url: impl Into<String>,
         data_dir: impl Into<PathBuf>,
     ) -> ClientConfigBuilder {
+        Self::builder_with_urls([server_url], data_dir)
+    }
+
+    /// Starts a configuration for several server URLs — the nodes of a Magpie cluster, any of
+    /// which serves any user — and a local data directory.
+    ///
+    /// Each URL is read as in [`builder`](Self::builder); [`build`](ClientConfigBuilder::build)
+    /// rejects an empty list and names the first URL it cannot read. Duplicates (after
+    /// normalisation) are dropped. See [`ServerOrder`] for the order they are tried in.
+    ///
+    /// ```
+    /// # fn demo() -> magpie_sdk::Result<()> {
+    /// use magpie_sdk::ClientConfig;
+    ///
+    /// let config = ClientConfig::builder_with_urls(
+    ///     ["wss://chat-1.example.com", "wss://chat-2.example.com"],
+    ///     "/tmp/magpie-alice",
+    /// )
+    /// .build()?;
+    /// assert_eq!(config.ws_urls().len(), 2);
+    /// # Ok(()) }
+    /// # demo().unwrap();
+    /// ```
+    pub fn builder_with_urls<I, S>(
+        server_urls: I,
+        data_dir: impl Into<PathBuf>,
+    ) -> ClientConfigBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         ClientConfigBuilder {
-            server_url: server_url.into(),
+            server_urls: server_urls.into_iter().map(Into::into).collect(),
             config: ClientConfig {
-                ws_url: String::new(),
+                ws_urls: Vec::new(),
+                server_order: ServerOrder::default(),
                 data_dir: data_dir.into(),
                 codec: Codec::Json,
                 request_timeout: Duration::from_secs(10),
@@ -89,9 +154,21 @@ impl ClientConfig {
         }
     }
 
-    /// The WebSocket endpoint the client connects to.
+    /// The first WebSocket endpoint of [`ws_urls`](Self::ws_urls) (the only one for a
+    /// configuration made with [`builder`](Self::builder)). Which one a client is connected to
+    /// is [`Client::current_server`](crate::Client::current_server).
     pub fn ws_url(&self) -> &str {
-        &self.ws_url
+        &self.ws_urls[0]
+    }
+
+    /// Every WebSocket endpoint the client may connect to, normalised, in the order given.
+    pub fn ws_urls(&self) -> &[String] {
+        &self.ws_urls
+    }
+
+    /// The order in which the endpoints are tried.
+    pub fn server_order(&self) -> ServerOrder {
+        self.server_order
     }
 
     /// Where the per-user databases and the device id live.
@@ -129,11 +206,28 @@ impl ClientConfig {
 /// Builder of a [`ClientConfig`].
 #[derive(Clone, Debug)]
 pub struct ClientConfigBuilder {
-    server_url: String,
+    server_urls: Vec<String>,
     config: ClientConfig,
 }
 
 impl ClientConfigBuilder {
+    /// Replaces the server URLs given to the constructor with a list of them (see
+    /// [`ClientConfig::builder_with_urls`]).
+    pub fn server_urls<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.server_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The order in which the server URLs are tried (default [`ServerOrder::Shuffled`]).
+    pub fn server_order(mut self, order: ServerOrder) -> Self {
+        self.config.server_order = order;
+        self
+    }
+
     /// The wire encoding (default JSON).
     pub fn codec(mut self, codec: Codec) -> Self {
         self.config.codec = codec;
@@ -206,7 +300,7 @@ impl ClientConfigBuilder {
     /// Checks the settings and produces the configuration.
     pub fn build(self) -> Result<ClientConfig> {
         let mut config = self.config;
-        config.ws_url = normalize_url(&self.server_url)?;
+        config.ws_urls = normalize_urls(&self.server_urls)?;
         if !(1..=500).contains(&config.sync_page_size) {
             return Err(Error::invalid_input("sync_page_size must be 1 to 500"));
         }
@@ -226,6 +320,36 @@ impl ClientConfigBuilder {
         }
         Ok(config)
     }
+}
+
+/// Normalises every URL of the list (see [`normalize_url`]), dropping duplicates. An empty list,
+/// or any URL that cannot be read, is an error that names the URL and its position.
+fn normalize_urls(urls: &[String]) -> Result<Vec<String>> {
+    if urls.is_empty() {
+        return Err(Error::invalid_input(
+            "no server url: give at least one (ws://, wss://, http:// or https://)",
+        ));
+    }
+    let mut normalized: Vec<String> = Vec::with_capacity(urls.len());
+    for (i, url) in urls.iter().enumerate() {
+        let ws_url = normalize_url(url).map_err(|e| {
+            if urls.len() == 1 {
+                e
+            } else {
+                Error::invalid_input(format!(
+                    "server url {} of {} ({:?}): {}",
+                    i + 1,
+                    urls.len(),
+                    url.trim(),
+                    e.message()
+                ))
+            }
+        })?;
+        if !normalized.contains(&ws_url) {
+            normalized.push(ws_url);
+        }
+    }
+    Ok(normalized)
 }
 
 /// Maps a server URL to the WebSocket endpoint: `http(s)` becomes `ws(s)`, and an empty path
@@ -307,5 +431,30 @@ mod tests {
             .build()
             .expect_err("page too large");
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn url_lists_are_normalised_deduplicated_and_checked_one_by_one() {
+        let config = ClientConfig::builder("ws://ignored", "/tmp/x")
+            .server_urls(["http://a:1", "ws://b:2/", "ws://a:1/v1/ws"])
+            .build()
+            .expect("valid list");
+        assert_eq!(config.ws_urls(), ["ws://a:1/v1/ws", "ws://b:2/v1/ws"]);
+        assert_eq!(config.ws_url(), "ws://a:1/v1/ws");
+        assert_eq!(config.server_order(), ServerOrder::Shuffled);
+
+        let err = ClientConfig::builder_with_urls(Vec::<String>::new(), "/tmp/x")
+            .build()
+            .expect_err("empty");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+
+        let err = ClientConfig::builder_with_urls(["ws://a", "ftp://b", "ws://c"], "/tmp/x")
+            .build()
+            .expect_err("one bad url");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(
+            err.message().contains("2 of 3") && err.message().contains("ftp://b"),
+            "{err}"
+        );
     }
 }

@@ -71,6 +71,8 @@ enum Outgoing {
 }
 
 struct Shared {
+    /// The endpoint this connection was opened to.
+    url: String,
     out: mpsc::UnboundedSender<Outgoing>,
     pending: Mutex<HashMap<u64, Waiter>>,
     next_id: AtomicU64,
@@ -99,6 +101,7 @@ pub(crate) struct Connection {
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
+            .field("url", &self.shared.url)
             .field("closed", &self.is_closed())
             .finish()
     }
@@ -139,7 +142,7 @@ impl Connection {
         let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
         let (ws, _response) = match timeout(connect_timeout, connect).await {
             Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => return Err(connect_error(e)),
+            Ok(Err(e)) => return Err(connect_error(url, e)),
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Timeout,
@@ -152,6 +155,7 @@ impl Connection {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (closed_tx, closed_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
+            url: url.to_owned(),
             out: out_tx,
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
@@ -178,6 +182,11 @@ impl Connection {
             closed_tx.send_replace(Some(info));
         });
         Ok((Self { shared }, events_rx))
+    }
+
+    /// The endpoint this connection was opened to.
+    pub(crate) fn url(&self) -> &str {
+        &self.shared.url
     }
 
     /// Sends a request and waits for its answer, at most the request timeout.
@@ -284,7 +293,7 @@ fn ensure_crypto_provider() {
     }
 }
 
-fn connect_error(e: tungstenite::Error) -> Error {
+fn connect_error(url: &str, e: tungstenite::Error) -> Error {
     let message = match &e {
         tungstenite::Error::Http(response) => {
             let body = response
@@ -292,12 +301,9 @@ fn connect_error(e: tungstenite::Error) -> Error {
                 .as_deref()
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
-            format!(
-                "the server refused the upgrade ({}) {body}",
-                response.status()
-            )
+            format!("{url} refused the upgrade ({}) {body}", response.status())
         }
-        other => format!("could not connect: {other}"),
+        other => format!("could not connect to {url}: {other}"),
     };
     Error::with_source(ErrorKind::Disconnected, message, e)
 }

@@ -11,12 +11,17 @@
 //!   login and sync.
 //! - **It comes back on its own.** The connection is re-established with backoff, followed by a
 //!   `sync` that pulls what was missed. Kicks and expired tokens stop the loop and are reported.
+//! - **It moves to another node when one dies.** Given several server URLs (the nodes of a
+//!   cluster, see [`ClientConfig::builder_with_urls`]), each reconnect dials the next one, and
+//!   every URL is tried before the backoff waits. All of the above holds across a change of
+//!   node; [`Client::current_server`] says which one is in use.
 //!
 //! ```no_run
 //! # async fn demo() -> magpie_sdk::Result<()> {
 //! use magpie_sdk::{Client, ClientConfig, ClientEvent, MessageContent, UserId};
 //!
 //! let config = ClientConfig::builder("ws://127.0.0.1:8080", "/tmp/magpie-alice").build()?;
+//! // A cluster: ClientConfig::builder_with_urls(["wss://chat-1.example", "wss://chat-2.example"], dir)
 //! let client = Client::new(config)?;
 //! let mut events = client.events(); // subscribe before login so nothing is missed
 //! client.login(UserId::new("alice")?, "token-from-your-backend").await?;
@@ -33,7 +38,8 @@
 //!
 //! # Module map
 //!
-//! - [`config`]: [`ClientConfig`] and its builder, server URL normalisation, reconnect policy.
+//! - [`config`]: [`ClientConfig`] and its builder, server URLs and their normalisation, the
+//!   order they are tried in ([`ServerOrder`]), reconnect policy.
 //! - [`error`]: the [`Error`] type and its [`ErrorKind`].
 //! - [`events`]: [`ClientEvent`], the per-subscriber event fan-out.
 //! - [`model`]: what the local cache returns: [`Conversation`], [`LocalMessage`], pages.
@@ -45,6 +51,8 @@
 //! - `sync`: the catch-up after each login.
 //! - `outbox`: pending sends: waiters and the in-order flusher.
 //! - `store`: the SQLite cache.
+//! - `rotation`: which server URL the next attempt dials, and when (one backoff delay per
+//!   round of the URLs).
 //! - `backoff`: reconnect delays.
 
 mod backoff;
@@ -55,13 +63,14 @@ pub mod error;
 pub mod events;
 pub mod model;
 mod outbox;
+mod rotation;
 mod sequencer;
 mod session;
 mod store;
 mod sync;
 
 pub use client::{ChatManager, Client};
-pub use config::{ClientConfig, ClientConfigBuilder, ReconnectPolicy};
+pub use config::{ClientConfig, ClientConfigBuilder, ReconnectPolicy, ServerOrder};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{ClientEvent, ConnectionState, DisconnectReason, Events};
 pub use model::{

@@ -1,6 +1,7 @@
 //! One logged-in user's runtime.
 //!
-//! Owns the connect → login → sync → serve → reconnect loop (one task per session), the
+//! Owns the connect → login → sync → serve → reconnect loop (one task per session; which
+//! server each attempt dials and how long it waits first is the `rotation`'s decision), the
 //! handling of server events, and the delivery pipeline: every stored message, whatever its
 //! source (push, send answer, catch-up page), goes through [`Session::ingest`] or a catch-up,
 //! which consult the `sequencer`, persist the delivered messages together with the new cursor,
@@ -27,13 +28,13 @@ use magpie_proto::{
     ConversationId, DeviceId, ErrorCode, Event, Message, MessageContent, Peer, UserId,
 };
 
-use crate::backoff::Backoff;
 use crate::config::ClientConfig;
 use crate::connection::{CloseInfo, Connection};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{ClientEvent, ConnectionState, DisconnectReason, EventHub};
 use crate::model::{Conversation, HistoryAnchor, HistoryQuery, MessageStatus};
 use crate::outbox::{self, Outbox};
+use crate::rotation::{Attempt, Rotation};
 use crate::sequencer::{FetchPlan, Offer, Sequencer};
 use crate::store::{self, Delivered, DeliveryBatch, Prior, Requeue, Store};
 
@@ -170,6 +171,11 @@ impl Session {
         self.state.borrow().clone()
     }
 
+    /// The endpoint of the logged-in connection, if there is one.
+    pub(crate) fn current_server(&self) -> Option<String> {
+        lock(&self.current).as_ref().map(|c| c.url().to_owned())
+    }
+
     fn sequencer(&self) -> MutexGuard<'_, Sequencer> {
         lock(&self.sequencer)
     }
@@ -235,7 +241,11 @@ impl Session {
         mut control: mpsc::UnboundedReceiver<Control>,
         first: oneshot::Sender<Result<LoginResponse>>,
     ) {
-        let mut backoff = Backoff::new(self.config.reconnect.clone());
+        let mut servers = Rotation::new(
+            &self.config.ws_urls,
+            self.config.server_order,
+            self.config.reconnect.clone(),
+        );
         let mut first = Some(first);
         let mut halted = false;
         loop {
@@ -243,7 +253,7 @@ impl Session {
                 match control.recv().await {
                     Some(Control::Reconnect) => {
                         halted = false;
-                        backoff.reset();
+                        servers.reset_backoff();
                         self.set_halt(None);
                     }
                     Some(Control::Logout(done)) => {
@@ -254,13 +264,13 @@ impl Session {
                     Some(Control::Shutdown) | None => return,
                 }
             }
-            let delay = backoff.next_delay();
-            if !delay.is_zero() {
-                tracing::debug!(?delay, "reconnecting after a pause");
+            let attempt = servers.next_attempt();
+            if !attempt.delay.is_zero() {
+                tracing::debug!(delay = ?attempt.delay, url = %attempt.url, "reconnecting after a pause");
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
+                    () = tokio::time::sleep(attempt.delay) => {}
                     command = control.recv() => match command {
-                        Some(Control::Reconnect) => backoff.reset(),
+                        Some(Control::Reconnect) => servers.reset_backoff(),
                         Some(Control::Logout(done)) => {
                             self.finish_logout();
                             let _ = done.send(());
@@ -270,13 +280,15 @@ impl Session {
                     }
                 }
             }
-            match Box::pin(self.connect_once(&mut control, &mut first)).await {
+            let next =
+                Box::pin(self.connect_once(&mut control, &mut first, &attempt, &mut servers));
+            match next.await {
                 Next::Retry { up_for } => {
                     if up_for >= self.config.reconnect.reset_after {
-                        backoff.reset();
+                        servers.reset_backoff();
                     }
                 }
-                Next::RetryNow => backoff.reset(),
+                Next::RetryNow => servers.reset_backoff(),
                 Next::Halt => halted = true,
                 Next::Exit => return,
             }
@@ -284,15 +296,22 @@ impl Session {
     }
 
     /// One connection: open, log in, serve until it closes, and decide what comes next.
+    ///
+    /// The first login (`first` is set) fails only once every server has been tried (the
+    /// attempt `ends_round`) or a server refused the login for good; the error is the last
+    /// server's.
     async fn connect_once(
         self: &Arc<Self>,
         control: &mut mpsc::UnboundedReceiver<Control>,
         first: &mut Option<oneshot::Sender<Result<LoginResponse>>>,
+        attempt: &Attempt,
+        servers: &mut Rotation,
     ) -> Next {
         self.set_state(ConnectionState::Connecting);
         let config = &self.config;
+        let url = attempt.url.as_str();
         let opened = Connection::open(
-            &config.ws_url,
+            url,
             config.codec,
             config.connect_timeout,
             config.request_timeout,
@@ -301,11 +320,13 @@ impl Session {
         let (conn, mut inbound) = match opened {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::info!(error = %e, "cannot connect");
+                tracing::info!(%url, error = %e, "cannot connect");
                 self.set_state(ConnectionState::Disconnected {
                     reason: DisconnectReason::Network(e.to_string()),
                 });
-                if let Some(first) = first.take() {
+                if attempt.ends_round
+                    && let Some(first) = first.take()
+                {
                     let _ = first.send(Err(e));
                     return Next::Exit;
                 }
@@ -325,7 +346,11 @@ impl Session {
                     Some(code) if fatal => DisconnectReason::LoginFailed(code),
                     _ => DisconnectReason::Network(e.to_string()),
                 };
-                if let Some(first) = first.take() {
+                tracing::info!(%url, error = %e, fatal, "login failed");
+                // Every node checks tokens alike: a refusal for good is final on all of them.
+                if (fatal || attempt.ends_round)
+                    && let Some(first) = first.take()
+                {
                     self.set_state(ConnectionState::Disconnected { reason });
                     let _ = first.send(Err(e));
                     return Next::Exit;
@@ -346,6 +371,8 @@ impl Session {
         };
 
         conn.set_timing(info.heartbeat_interval_ms, info.idle_timeout_ms);
+        servers.logged_in();
+        tracing::info!(%url, "logged in");
         *lock(&self.current) = Some(conn.clone());
         self.set_halt(None);
         let connected_at = Instant::now();
@@ -389,7 +416,7 @@ impl Session {
         }
         *lock(&self.current) = None;
         let closed = conn.closed().await;
-        tracing::info!(?closed, "disconnected");
+        tracing::info!(%url, ?closed, "disconnected");
 
         if let Some(done) = leaving {
             self.finish_logout();
@@ -553,6 +580,16 @@ impl Session {
                 self.emit(ClientEvent::Kicked {
                     reason: Some(kicked.reason),
                     message: kicked.message,
+                });
+            }
+            Event::SyncRequired(_) => {
+                // Pushes may have been lost on the server's side; catch up as after a login.
+                // A sync racing another one only repeats work: versions and seqs are idempotent.
+                let (session, conn) = (self.clone(), conn.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = crate::sync::run(&session, &conn).await {
+                        tracing::warn!(error = %e, "resync after sync_required failed");
+                    }
                 });
             }
         }

@@ -1,5 +1,9 @@
 //! End-to-end tests of the SDK against the real server (started by `magpie-testkit` on a
-//! random loopback port). One test binary on purpose: each binary links the whole server.
+//! random loopback port). One test binary on purpose: each binary links the whole server, so
+//! further groups of tests are modules of this one (`e2e/*.rs`).
+
+#[path = "e2e/failover.rs"]
+mod failover;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -525,11 +529,13 @@ async fn a_new_device_starts_with_the_newest_messages_and_fetches_older_history(
 }
 
 /// A TCP relay between the SDK and the server that can swallow the server's answers and cut
-/// every connection, to lose a send answer after the server stored the message.
+/// every connection, to lose a send answer after the server stored the message, or die for
+/// good (a node that goes away).
 struct Proxy {
     addr: SocketAddr,
     swallow: Arc<AtomicBool>,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    accept: AbortHandle,
 }
 
 impl Proxy {
@@ -539,7 +545,7 @@ impl Proxy {
         let swallow = Arc::new(AtomicBool::new(false));
         let tasks: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let (s, t) = (Arc::clone(&swallow), Arc::clone(&tasks));
-        tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let Ok(outbound) = TcpStream::connect(target).await else {
                     continue;
@@ -574,6 +580,7 @@ impl Proxy {
             addr,
             swallow,
             tasks,
+            accept: accept.abort_handle(),
         }
     }
 
@@ -589,6 +596,12 @@ impl Proxy {
         for task in self.tasks.lock().expect("lock").drain(..) {
             task.abort();
         }
+    }
+
+    /// Stops listening and cuts every connection: from now on its port refuses connections.
+    fn kill(&self) {
+        self.accept.abort();
+        self.cut();
     }
 }
 

@@ -1,4 +1,5 @@
-//! `magpie serve`: the server with the embedded store.
+//! `magpie serve`: the server — alone with the embedded store, or one node of a cluster with
+//! `--store postgres://… --cluster nats://…`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,14 @@ pub(crate) struct ServeArgs {
     /// TOML configuration file (see docs/DEPLOYMENT.md for every key).
     #[arg(long, env = "MAGPIE_CONFIG")]
     config: Option<PathBuf>,
+    /// Keep everything in this PostgreSQL database (`postgres://user@host:port/db`) instead of
+    /// the embedded store; required for a cluster [or `store.url` in the config file].
+    #[arg(long, env = "MAGPIE_STORE", value_name = "POSTGRES_URL")]
+    store: Option<String>,
+    /// Join the cluster whose nodes talk through this NATS server (`nats://host:4222`)
+    /// [or `cluster.url` in the config file].
+    #[arg(long, env = "MAGPIE_CLUSTER", value_name = "NATS_URL")]
+    cluster: Option<String>,
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -32,6 +41,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(data) = args.data {
         config.data_dir = data;
+    }
+    if let Some(store) = args.store {
+        config.store.url = Some(store);
+    }
+    if let Some(cluster) = args.cluster {
+        config.cluster.url = Some(cluster);
     }
     config.validate()?;
     init_logging(&config)?;

@@ -360,6 +360,9 @@ payloads!(Event, "An event pushed by the server.", {
     TokenExpired(Empty) = "token_expired";
     /// The session was kicked; the server closes the connection.
     Kicked(Kicked) = "kicked";
+    /// Events may have been missed (the server lost touch with the rest of its cluster for a
+    /// while): run `sync`, and fetch the history of conversations whose last seq moved.
+    SyncRequired(Empty) = "sync_required";
 });
 
 /// A frame from client to server.

@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::TokenSigner;
+use crate::cluster::Cluster;
+use crate::cluster::lease::NodeLease;
 use crate::config::Config;
 use crate::ids::IdGenerator;
 use crate::metrics::Metrics;
@@ -24,14 +26,18 @@ pub struct App {
     pub(crate) app_secret: String,
     /// Durable state.
     pub store: Arc<dyn Store>,
-    /// Online devices.
+    /// Devices online on this node.
     pub sessions: Arc<Sessions>,
+    /// Effects that must reach every node: delivery, kicks, invalidations, device lists.
+    pub cluster: Arc<Cluster>,
     /// Users as logins need them.
-    pub users: UserCache,
+    pub users: Arc<UserCache>,
     /// Token signing and checking.
     pub signer: TokenSigner,
     /// Message ids.
     pub ids: IdGenerator,
+    /// The node id the ids carry, and whether it may be used now.
+    pub lease: Arc<NodeLease>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server starts shutting down.

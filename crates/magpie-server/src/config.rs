@@ -32,8 +32,10 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Multi-device policy.
     pub devices: DevicesConfig,
-    /// Embedded storage.
+    /// Storage: the embedded SQLite file, or a shared PostgreSQL.
     pub store: StoreConfig,
+    /// Multi-node clusters over NATS.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -49,6 +51,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             devices: DevicesConfig::default(),
             store: StoreConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -166,10 +169,15 @@ pub enum Durability {
     Normal,
 }
 
-/// Embedded storage settings.
+/// Storage settings.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// A `postgres://` URL: keep everything in that PostgreSQL database (required for a
+    /// cluster). Absent: the embedded SQLite file in `data_dir`.
+    pub url: Option<String>,
+    /// PostgreSQL connections this node opens at most.
+    pub max_connections: usize,
     /// Commit durability of the SQLite store.
     pub durability: Durability,
     /// Most writes committed in one transaction.
@@ -179,8 +187,39 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            url: None,
+            max_connections: 16,
             durability: Durability::Full,
             max_batch: 512,
+        }
+    }
+}
+
+/// Cluster settings. Without `url` the node runs alone.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// A `nats://` URL of the NATS server the nodes talk through.
+    pub url: Option<String>,
+    /// Prefix of every subject this cluster uses, so several clusters can share a NATS server.
+    pub subject_prefix: String,
+    /// How often a node announces that it is alive.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long counts as gone: its devices are forgotten.
+    pub node_timeout_ms: u64,
+    /// How long a node's id lease lasts without renewal (renewed every third of it). A node
+    /// that cannot renew in time stops issuing message ids, and stops serving if it lost it.
+    pub node_lease_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            subject_prefix: "magpie".into(),
+            heartbeat_ms: 1_000,
+            node_timeout_ms: 5_000,
+            node_lease_ms: 30_000,
         }
     }
 }
@@ -261,6 +300,12 @@ impl Config {
         if let Some(v) = get("MAGPIE_LOG") {
             self.log = v;
         }
+        if let Some(v) = get("MAGPIE_STORE") {
+            self.store.url = Some(v);
+        }
+        if let Some(v) = get("MAGPIE_CLUSTER") {
+            self.cluster.url = Some(v);
+        }
         Ok(())
     }
 
@@ -302,6 +347,49 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format must be \"text\" or \"json\"");
+        }
+        if let Some(url) = &self.store.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return bad(
+                "store.url must be a postgres:// URL (leave it out for the embedded store)",
+            );
+        }
+        if self.store.max_connections < 2 {
+            return bad("store.max_connections must be at least 2");
+        }
+        if let Some(url) = &self.cluster.url {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return bad("cluster.url must be a nats:// URL");
+            }
+            if self.store.url.is_none() {
+                return bad(
+                    "a cluster needs a shared store: set store.url to a postgres:// URL too",
+                );
+            }
+            if self.app_secret.is_none() {
+                // Each node would generate its own, and tokens would work on one node only.
+                return bad("a cluster needs app_secret set explicitly, the same on every node");
+            }
+        }
+        let prefix_ok = !self.cluster.subject_prefix.is_empty()
+            && self
+                .cluster
+                .subject_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !prefix_ok {
+            return bad("cluster.subject_prefix must be letters, digits, '_' or '-'");
+        }
+        if self.cluster.heartbeat_ms == 0
+            || self.cluster.node_timeout_ms < 2 * self.cluster.heartbeat_ms
+        {
+            return bad(
+                "cluster.node_timeout_ms must be at least twice cluster.heartbeat_ms (> 0)",
+            );
+        }
+        if self.cluster.node_lease_ms < 3_000 {
+            return bad("cluster.node_lease_ms must be at least 3000");
         }
         Ok(())
     }
@@ -380,6 +468,38 @@ mod tests {
         config.validate().expect("defaults are valid");
         assert_eq!(config.limits.max_message_bytes, 64 * 1024);
         assert_eq!(config.devices.max_per_class, 1);
+    }
+
+    #[test]
+    fn a_cluster_needs_postgres_and_a_shared_secret() {
+        let parse = |text: &str| Config::from_toml(text).expect("parses").validate();
+        let err = parse("[cluster]\nurl = \"nats://127.0.0.1:4222\"\n").expect_err("no store");
+        assert!(err.to_string().contains("store.url"), "{err}");
+        let err = parse("[store]\nurl = \"postgres://h/db\"\n[cluster]\nurl = \"nats://h:4222\"\n")
+            .expect_err("no secret");
+        assert!(err.to_string().contains("app_secret"), "{err}");
+        let err = parse("[store]\nurl = \"mysql://h/db\"\n").expect_err("not postgres");
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        let err = parse(
+            "app_secret = \"0123456789abcdef\"\n[store]\nurl = \"postgres://h/db\"\n[cluster]\nurl = \"redis://h\"\n",
+        )
+        .expect_err("not nats");
+        assert!(err.to_string().contains("nats://"), "{err}");
+        parse(
+            "app_secret = \"0123456789abcdef\"\n[store]\nurl = \"postgres://h/db\"\n[cluster]\nurl = \"nats://h:4222\"\n",
+        )
+        .expect("a complete cluster config");
+
+        let mut config = Config::default();
+        config
+            .apply_env(|name| match name {
+                "MAGPIE_STORE" => Some("postgres://h/db".into()),
+                "MAGPIE_CLUSTER" => Some("nats://h:4222".into()),
+                _ => None,
+            })
+            .expect("env");
+        assert_eq!(config.store.url.as_deref(), Some("postgres://h/db"));
+        assert_eq!(config.cluster.url.as_deref(), Some("nats://h:4222"));
     }
 
     #[test]

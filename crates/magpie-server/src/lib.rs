@@ -8,6 +8,8 @@
 //! - `api`: HTTP routing — REST API for the app backend, `/healthz`, `/metrics`, `/openapi.json`.
 //! - `gateway`: the WebSocket endpoint and each connection's session loop.
 //! - [`sessions`]: who is online on which device; multi-device policy; event delivery.
+//! - [`cluster`]: what crosses nodes — delivery, kicks, cache invalidation, device lists —
+//!   over a bus (NATS in a cluster, nothing for a single node); node id leases.
 //! - `messaging`: sending, history, sync, read state.
 //! - `users`: users and tokens as the app backend manages them; login token checks.
 //! - [`auth`]: token format (HS256 JWT) and verification.
@@ -20,6 +22,7 @@ mod api;
 mod app;
 pub mod auth;
 mod clock;
+pub mod cluster;
 pub mod config;
 mod encoded;
 mod error;
@@ -40,6 +43,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use cluster::Cluster;
+use cluster::bus::{Bus, BusEvent, LocalBus};
+use cluster::envelope::Subjects;
+use cluster::lease::{LeaseKeeper, NodeLease};
+use cluster::nats::NatsBus;
+
 pub use app::App;
 pub use config::Config;
 pub use error::Error;
@@ -56,6 +65,9 @@ pub enum ServerError {
     /// The store could not be opened or closed.
     #[error("storage: {0}")]
     Store(#[from] magpie_store::StoreError),
+    /// The cluster bus could not be reached.
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::nats::NatsError),
     /// Serving failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -79,14 +91,34 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Opens the embedded store the configuration points at.
-fn open_store(config: &Config, metrics: Arc<metrics::Metrics>) -> Result<SqliteStore, ServerError> {
+/// Opens the store the configuration points at: PostgreSQL when `store.url` is set, the
+/// embedded SQLite file otherwise.
+async fn open_store(
+    config: &Config,
+    metrics: Arc<metrics::Metrics>,
+) -> Result<Arc<dyn Store>, ServerError> {
+    if let Some(url) = &config.store.url {
+        // Appends get their own connections (one per writer), reads and other writes the rest.
+        let writers = (config.store.max_connections / 2).clamp(1, 4);
+        let store = magpie_store::postgres::PgStore::connect(
+            url,
+            magpie_store::postgres::PgOptions {
+                writers,
+                read_connections: config.store.max_connections - writers,
+                max_batch: config.store.max_batch,
+                observer: metrics,
+                ..magpie_store::postgres::PgOptions::default()
+            },
+        )
+        .await?;
+        return Ok(Arc::new(store));
+    }
     std::fs::create_dir_all(&config.data_dir)?;
     let durability = match config.store.durability {
         config::Durability::Full => magpie_store::sqlite::Durability::Full,
         config::Durability::Normal => magpie_store::sqlite::Durability::Normal,
     };
-    Ok(SqliteStore::open(
+    Ok(Arc::new(SqliteStore::open(
         &config.data_dir.join(DATABASE_FILE),
         SqliteOptions {
             durability,
@@ -94,7 +126,27 @@ fn open_store(config: &Config, metrics: Arc<metrics::Metrics>) -> Result<SqliteS
             observer: metrics,
             ..SqliteOptions::default()
         },
-    )?)
+    )?))
+}
+
+/// This node's id: leased from a shared store, or 0 for the embedded one.
+async fn node_lease(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    on_lost: CancellationToken,
+) -> Result<(Arc<NodeLease>, Option<LeaseKeeper>), ServerError> {
+    if config.store.url.is_none() {
+        return Ok((NodeLease::exclusive(0), None));
+    }
+    let holder = format!(
+        "{}:{}:{:016x}",
+        config.listen,
+        std::process::id(),
+        rand::random::<u64>()
+    );
+    let lease = Duration::from_millis(config.cluster.node_lease_ms);
+    let (lease, keeper) = NodeLease::claim(store.clone(), holder, lease, on_lost).await?;
+    Ok((lease, Some(keeper)))
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, closes every session
@@ -107,24 +159,79 @@ pub async fn run(
     config.validate()?;
     let (app_secret, _) = config.resolve_app_secret()?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let store: Arc<dyn Store> = Arc::new(open_store(&config, metrics.clone())?);
+    let store = open_store(&config, metrics.clone()).await?;
+    let stopping = CancellationToken::new();
+    let (lease, keeper) = node_lease(&config, &store, stopping.clone()).await?;
     let floor = store.max_message_id().await?;
+
+    let (inbound, mut bus_events) = tokio::sync::mpsc::unbounded_channel::<BusEvent>();
+    let bus: Arc<dyn Bus> = match &config.cluster.url {
+        Some(url) => {
+            let name = format!("magpie-node-{}", lease.node());
+            Arc::new(NatsBus::connect(url, &name, inbound).await?)
+        }
+        None => Arc::new(LocalBus::standalone()),
+    };
+    let sessions = Arc::new(sessions::Sessions::new(
+        lease.node(),
+        config.devices.max_per_class,
+    ));
+    let users = Arc::new(users::UserCache::default());
+    let cluster = Arc::new(Cluster::new(
+        sessions.clone(),
+        users.clone(),
+        metrics.clone(),
+        bus,
+        Subjects::new(&config.cluster.subject_prefix),
+        Duration::from_millis(config.cluster.node_timeout_ms),
+    ));
     let app = Arc::new(App {
-        sessions: Arc::new(sessions::Sessions::new(config.devices.max_per_class)),
-        users: users::UserCache::default(),
+        sessions,
+        cluster: cluster.clone(),
+        users,
         signer: auth::TokenSigner::new(&app_secret),
-        ids: ids::IdGenerator::new(0, floor),
+        ids: ids::IdGenerator::new(lease.node(), floor),
+        lease,
         app_secret,
         store: store.clone(),
         metrics,
-        shutdown: CancellationToken::new(),
+        shutdown: stopping.clone(),
         tracker: TaskTracker::new(),
         config,
     });
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data = %app.config.data_dir.display(), "magpie is serving");
+    tracing::info!(%addr, node = app.cluster.node(), "magpie is serving");
 
-    let stopping = app.shutdown.clone();
+    // The cluster's background work: what the bus brings, and heartbeats.
+    let background = CancellationToken::new();
+    let bus_task = {
+        let (cluster, stop) = (cluster.clone(), background.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    event = bus_events.recv() => match event {
+                        Some(event) => cluster.handle(event),
+                        None => break,
+                    },
+                }
+            }
+        })
+    };
+    let heartbeat_task = {
+        let (cluster, stop) = (cluster.clone(), background.clone());
+        let every = Duration::from_millis(app.config.cluster.heartbeat_ms);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => cluster.heartbeat(),
+                }
+            }
+        })
+    };
+
     let router = api::router(app.clone());
     // Frames are small and flushed deliberately: Nagle's algorithm would hold a second frame
     // until the peer's delayed ACK (40 ms on Linux) acknowledges the first.
@@ -135,7 +242,11 @@ pub async fn run(
     });
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(async move {
-            shutdown.await;
+            tokio::select! {
+                _ = shutdown => {}
+                // The node itself decided to stop (it lost its node id lease).
+                _ = stopping.cancelled() => {}
+            }
             tracing::info!("shutting down: closing sessions and flushing writes");
             stopping.cancel();
         })
@@ -149,6 +260,12 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("some sessions did not close within the shutdown grace period");
+    }
+    cluster.leave();
+    background.cancel();
+    let _ = tokio::join!(bus_task, heartbeat_task);
+    if let Some(keeper) = keeper {
+        keeper.release().await;
     }
     store.close().await?;
     tracing::info!("magpie stopped");

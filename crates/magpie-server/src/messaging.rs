@@ -19,10 +19,11 @@ use magpie_store::{Anchor, Appended, MessageQuery, NewMessage, OnCommit};
 
 use crate::app::App;
 use crate::clock::now_ms;
+use crate::cluster::Cluster;
 use crate::encoded::json_len;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::sessions::{SessionId, Sessions, SharedFrame};
+use crate::sessions::{SessionId, SharedFrame};
 
 /// Who is acting: a user, and the session it came through (which does not get its own echo).
 #[derive(Clone, Debug)]
@@ -48,9 +49,9 @@ fn page_limit(requested: Option<u32>, default: u32, max: u32) -> Result<u32> {
     }
 }
 
-/// Delivers a stored message to its recipient and to the sender's other devices.
+/// Delivers a stored message to its recipient and to the sender's other devices, on every node.
 fn deliver_message(
-    sessions: &Sessions,
+    cluster: &Cluster,
     metrics: &Metrics,
     message: &Message,
     origin: Option<SessionId>,
@@ -58,7 +59,7 @@ fn deliver_message(
     let frame = SharedFrame::new(ServerFrame::Event(Event::Message(message.clone())));
     let Peer::User(to) = &message.to;
     let delivered =
-        sessions.deliver(to, &frame, None) + sessions.deliver(&message.from, &frame, origin);
+        cluster.deliver(to, &frame, None) + cluster.deliver(&message.from, &frame, origin);
     Metrics::add(&metrics.deliveries, delivered as u64);
 }
 
@@ -82,13 +83,13 @@ impl App {
             return Box::pin(async move { app.relay_command(message, from_session).await });
         }
 
-        let (sessions, metrics, from_session) =
-            (self.sessions.clone(), self.metrics.clone(), origin.session);
+        let (cluster, metrics, from_session) =
+            (self.cluster.clone(), self.metrics.clone(), origin.session);
         // Delivery runs in the store's commit order, so one conversation's messages reach
         // each device in seq order.
         let on_commit: OnCommit = Box::new(move |appended: &Appended| {
             if !appended.duplicate {
-                deliver_message(&sessions, &metrics, &appended.message, from_session);
+                deliver_message(&cluster, &metrics, &appended.message, from_session);
             }
         });
         let Peer::User(to) = &message.to;
@@ -132,6 +133,12 @@ impl App {
                 format!("message is {size} bytes encoded; the limit is {max}"),
             ));
         }
+        if !self.lease.is_valid() {
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                "this node cannot reach the store to renew its node id; try again or another node",
+            ));
+        }
         let now = now_ms();
         Ok(Message {
             id: self.ids.next(now),
@@ -154,7 +161,7 @@ impl App {
     ) -> Result<SendResponse> {
         let Peer::User(to) = &message.to;
         self.user_record(to).await?;
-        deliver_message(&self.sessions, &self.metrics, &message, from_session);
+        deliver_message(&self.cluster, &self.metrics, &message, from_session);
         Metrics::add(&self.metrics.commands, 1);
         Ok(SendResponse {
             message,
@@ -231,7 +238,7 @@ impl App {
                 unread_count: state.unread_count,
                 version: state.version,
             })));
-            let delivered = self.sessions.deliver(&origin.user, &frame, origin.session);
+            let delivered = self.cluster.deliver(&origin.user, &frame, origin.session);
             Metrics::add(&self.metrics.deliveries, delivered as u64);
         }
         Ok(outcome.state)

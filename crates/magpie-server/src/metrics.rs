@@ -80,6 +80,12 @@ pub struct Metrics {
     pub kicks: AtomicU64,
     /// Sessions closed for not reading their events.
     pub slow_consumers: AtomicU64,
+    /// Envelopes this node published on the cluster bus.
+    pub bus_published: AtomicU64,
+    /// Envelopes this node received from the cluster bus.
+    pub bus_received: AtomicU64,
+    /// Times this node lost the cluster bus and came back (devices were told to resync).
+    pub bus_resyncs: AtomicU64,
     errors: Vec<AtomicU64>,
     /// Store commit latency in seconds.
     pub commit_seconds: Histogram,
@@ -99,6 +105,9 @@ impl Default for Metrics {
             deliveries: AtomicU64::new(0),
             kicks: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
+            bus_published: AtomicU64::new(0),
+            bus_received: AtomicU64::new(0),
+            bus_resyncs: AtomicU64::new(0),
             errors: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             commit_seconds: Histogram::new(LATENCY_BOUNDS),
             commit_batch: Histogram::new(BATCH_BOUNDS),
@@ -194,6 +203,24 @@ impl Metrics {
             "magpie_slow_consumers_total",
             "Sessions closed for not reading their events.",
             &self.slow_consumers,
+        );
+        counter(
+            &mut out,
+            "magpie_bus_published_total",
+            "Envelopes published on the cluster bus.",
+            &self.bus_published,
+        );
+        counter(
+            &mut out,
+            "magpie_bus_received_total",
+            "Envelopes received from the cluster bus.",
+            &self.bus_received,
+        );
+        counter(
+            &mut out,
+            "magpie_bus_resyncs_total",
+            "Reconnections to the cluster bus after which devices were told to resync.",
+            &self.bus_resyncs,
         );
         let _ = writeln!(
             out,

@@ -55,8 +55,9 @@ fn check_profile(
 /// reads. Every change to a user goes through [`App`] and invalidates its entry.
 ///
 /// A load racing with an invalidation must not put the old record back: loads remember the
-/// invalidation epoch they started in and withdraw their insert if it moved. (With several
-/// nodes, issue 4, invalidations must also arrive from the others over the cluster bus.)
+/// invalidation epoch they started in and withdraw their insert if it moved. In a cluster,
+/// other nodes' changes arrive as invalidations over the bus, and the whole cache is dropped
+/// whenever the bus was cut off (an invalidation may have been missed).
 #[derive(Debug, Default)]
 pub struct UserCache {
     records: DashMap<UserId, Arc<UserRecord>>,
@@ -85,9 +86,16 @@ impl UserCache {
         }
     }
 
-    fn invalidate(&self, id: &UserId) {
+    /// Drops a user's entry (its record changed).
+    pub(crate) fn invalidate(&self, id: &UserId) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.records.remove(id);
+    }
+
+    /// Drops every entry.
+    pub(crate) fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.records.clear();
     }
 }
 
@@ -96,6 +104,12 @@ fn user_not_found(id: &UserId) -> Error {
 }
 
 impl App {
+    /// Drops a changed user from this node's cache and every other node's.
+    fn forget_user(&self, id: &UserId) {
+        self.users.invalidate(id);
+        self.cluster.user_changed(id);
+    }
+
     /// A live user's record, from the cache when possible.
     pub(crate) async fn user_record(&self, id: &UserId) -> Result<Arc<UserRecord>> {
         if let Some(record) = self.users.get(id) {
@@ -130,7 +144,7 @@ impl App {
                 now: now_ms(),
             })
             .await?;
-        self.users.invalidate(&id);
+        self.forget_user(&id);
         Ok(created)
     }
 
@@ -147,20 +161,20 @@ impl App {
             update.ext.as_ref().and_then(Option::as_ref),
         )?;
         let updated = self.store.update_user(id, update, now_ms()).await;
-        self.users.invalidate(id);
+        self.forget_user(id);
         Ok(updated?)
     }
 
     /// Deletes a user and kicks their devices.
     pub async fn delete_user(&self, id: &UserId) -> Result<KickedDevices> {
         let deleted = self.store.delete_user(id).await;
-        self.users.invalidate(id);
+        self.forget_user(id);
         if !deleted? {
             return Err(user_not_found(id));
         }
         let kicked = self
-            .sessions
-            .kick_all(id, KickReason::UserDeleted, "the user was deleted");
+            .cluster
+            .kick_user(id, KickReason::UserDeleted, "the user was deleted");
         Metrics::add(&self.metrics.kicks, kicked as u64);
         Ok(KickedDevices {
             kicked_devices: kicked as u32,
@@ -193,9 +207,9 @@ impl App {
     pub async fn revoke_tokens(&self, id: &UserId) -> Result<KickedDevices> {
         let revoked = self.store.revoke_tokens(id).await;
         // Also after a failure: the write may have happened without its answer reaching us.
-        self.users.invalidate(id);
+        self.forget_user(id);
         revoked?;
-        let kicked = self.sessions.kick_all(
+        let kicked = self.cluster.kick_user(
             id,
             KickReason::TokensRevoked,
             "the user's tokens were revoked",

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod cluster;
 mod raw;
 
 use std::net::SocketAddr;
@@ -19,6 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use cluster::TestCluster;
+pub use magpie_services;
 pub use raw::{Closed, FRAME_TIMEOUT, RawClient};
 
 /// The app secret test servers use.

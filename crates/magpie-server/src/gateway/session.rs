@@ -93,7 +93,7 @@ pub(super) async fn run(socket: WebSocket, codec: Codec, app: Arc<App>) {
         .await;
     }
     if let Some(login) = &conn.login {
-        app.sessions.unregister(&login.user, login.session);
+        app.cluster.detach(&login.user, login.session);
     }
     app.metrics
         .connections
@@ -343,7 +343,7 @@ impl Conn {
                 server_time: now_ms(),
             }),
             Request::ListDevices(_) => Response::ListDevices(DeviceList {
-                devices: self.app.sessions.devices(&origin.user),
+                devices: self.app.cluster.devices(&origin.user),
             }),
             Request::Logout(_) => {
                 let frame = ServerFrame::Response {
@@ -448,20 +448,23 @@ impl Conn {
                 return self.reply_error(head, e.to_body()).await;
             }
         };
-        let sessions = &self.app.sessions;
         let inbox = Inbox::new(self.app.config.gateway.outbound_queue);
-        let session = sessions.next_session_id();
+        let session = self.app.sessions.next_session_id();
         let now = now_ms();
-        let kicked = sessions.register(
-            &request.user_id,
-            DeviceEntry {
-                session,
-                device_id: request.device_id.clone(),
-                platform: request.platform,
-                connected_at: now,
-                inbox: inbox.clone(),
-            },
-        );
+        let kicked = self
+            .app
+            .cluster
+            .attach(
+                &request.user_id,
+                DeviceEntry {
+                    session,
+                    device_id: request.device_id.clone(),
+                    platform: request.platform,
+                    connected_at: now,
+                    inbox: inbox.clone(),
+                },
+            )
+            .await;
         Metrics::add(&self.app.metrics.kicks, kicked as u64);
         Metrics::add(&self.app.metrics.logins, 1);
         tracing::debug!(user = %request.user_id, device = %request.device_id, platform = ?request.platform, "login");

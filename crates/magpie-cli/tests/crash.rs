@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,90 +13,13 @@ use std::time::Duration;
 use magpie_sdk::{
     Client, ClientConfig, ClientEvent, DeviceId, Message, MessageContent, Platform, UserId,
 };
-use magpie_testkit::{RawClient, TEST_SECRET};
 use serde_json::{Value, json};
+
+mod support;
+use support::{Server, history};
 
 const SENDERS: usize = 4;
 const PER_SENDER: usize = 150;
-
-struct Server {
-    port: u16,
-    data: PathBuf,
-    config: PathBuf,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn spawn(&mut self) {
-        let child = Command::new(env!("CARGO_BIN_EXE_magpie"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .arg("--data")
-            .arg(&self.data)
-            .arg("--config")
-            .arg(&self.config)
-            .env("MAGPIE_APP_SECRET", TEST_SECRET)
-            .env("MAGPIE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    async fn wait_healthy(&self) {
-        let http = reqwest::Client::new();
-        for _ in 0..300 {
-            let health = http.get(format!("http://127.0.0.1:{}/healthz", self.port));
-            if let Ok(r) = health.send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("server did not come up");
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().unwrap(); // SIGKILL on Unix
-            child.wait().unwrap();
-        }
-    }
-
-    async fn rest(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = reqwest::Client::new()
-            .request(method, format!("http://127.0.0.1:{}{path}", self.port))
-            .bearer_auth(TEST_SECRET);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
-    }
-
-    async fn token(&self, user: &str) -> String {
-        let answer = self
-            .rest(
-                reqwest::Method::POST,
-                &format!("/v1/users/{user}/tokens"),
-                None,
-            )
-            .await;
-        answer["token"].as_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 async fn client(server: &Server, dir: &Path, user: &str) -> (Client, magpie_sdk::Events) {
     let config = ClientConfig::builder(format!("ws://127.0.0.1:{}", server.port), dir)
@@ -114,31 +36,6 @@ async fn client(server: &Server, dir: &Path, user: &str) -> (Client, magpie_sdk:
     (client, events)
 }
 
-/// Every message of a conversation, read back over the raw protocol.
-async fn history(server: &Server, user: &str, conversation: &str) -> Vec<Value> {
-    let mut raw = RawClient::connect(&format!("ws://127.0.0.1:{}/v1/ws", server.port), None)
-        .await
-        .unwrap();
-    let token = server.token(user).await;
-    let login = raw.login(user, &token, "history-reader", "web").await;
-    assert_eq!(login["type"], "response", "{login}");
-    let mut all = Vec::new();
-    loop {
-        let after = all.len();
-        let page = raw
-            .request(
-                "get_messages",
-                json!({"conversation_id": conversation, "direction": "forward", "seq": after, "limit": 200}),
-            )
-            .await;
-        let messages = page["data"]["messages"].as_array().unwrap().clone();
-        all.extend(messages);
-        if page["data"]["has_more"] != true {
-            return all;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_under_load_loses_nothing_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,12 +46,7 @@ async fn kill_dash_nine_under_load_loses_nothing_and_duplicates_nothing() {
          request_rate_per_sec = 100000.0\nrequest_burst = 100000\n",
     )
     .unwrap();
-    let mut server = Server {
-        port: magpie_testkit::free_port(),
-        data: dir.path().join("data"),
-        config,
-        child: None,
-    };
+    let mut server = Server::new(dir.path().join("data"), config, Vec::new());
     server.spawn();
     server.wait_healthy().await;
 

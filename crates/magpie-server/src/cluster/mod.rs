@@ -39,6 +39,8 @@ pub struct Cluster {
     users: Arc<UserCache>,
     metrics: Arc<Metrics>,
     bus: Arc<dyn Bus>,
+    /// Whether the bus has peers, asked once: it is on every delivery's path.
+    has_peers: bool,
     subjects: Subjects,
     subscriptions: DashMap<UserId, Subscription>,
     /// Liveness and cache invalidation, for the node's lifetime.
@@ -59,7 +61,7 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("node", &self.sessions.node())
-            .field("has_peers", &self.bus.has_peers())
+            .field("has_peers", &self.has_peers)
             .finish_non_exhaustive()
     }
 }
@@ -74,12 +76,14 @@ impl Cluster {
         subjects: Subjects,
         node_timeout: Duration,
     ) -> Self {
-        let nodes_subscription = bus.has_peers().then(|| bus.subscribe(subjects.nodes()));
+        let has_peers = bus.has_peers();
+        let nodes_subscription = has_peers.then(|| bus.subscribe(subjects.nodes()));
         Self {
             sessions,
             users,
             metrics,
             bus,
+            has_peers,
             subjects,
             subscriptions: DashMap::new(),
             _nodes_subscription: nodes_subscription,
@@ -118,7 +122,7 @@ impl Cluster {
         except: Option<SessionId>,
     ) -> usize {
         let delivered = self.sessions.deliver(user, frame, except);
-        if self.bus.has_peers() {
+        if self.has_peers {
             let json = frame.encoded(Codec::Json);
             self.publish_user(user, Envelope::deliver_encoded(self.node(), user, &json));
         }
@@ -130,7 +134,7 @@ impl Cluster {
     /// device's first sync cannot miss a message. Returns how many local sessions were kicked.
     pub async fn attach(&self, user: &UserId, entry: DeviceEntry) -> usize {
         let (record, kicked) = self.sessions.register(user, entry);
-        if self.bus.has_peers() {
+        if self.has_peers {
             let ready = self
                 .subscriptions
                 .entry(user.clone())
@@ -152,7 +156,7 @@ impl Cluster {
     /// Unregisters a session that ended here.
     pub fn detach(&self, user: &UserId, session: SessionId) {
         let gone = self.sessions.unregister(user, session);
-        if !self.bus.has_peers() {
+        if !self.has_peers {
             return;
         }
         let envelope = Envelope::DeviceDown {
@@ -171,7 +175,7 @@ impl Cluster {
     /// Kicks every device of `user` on every node; returns how many were local.
     pub fn kick_user(&self, user: &UserId, reason: KickReason, message: &str) -> usize {
         let kicked = self.sessions.kick_all(user, reason, message);
-        if self.bus.has_peers() {
+        if self.has_peers {
             let envelope = Envelope::Kick {
                 from: self.node(),
                 user: user.clone(),
@@ -185,7 +189,7 @@ impl Cluster {
 
     /// Tells every other node that `user`'s record changed (this node's cache is the caller's).
     pub fn user_changed(&self, user: &UserId) {
-        if self.bus.has_peers() {
+        if self.has_peers {
             self.publish_nodes(&Envelope::UserChanged {
                 from: self.node(),
                 user: user.clone(),
@@ -310,7 +314,7 @@ impl Cluster {
 
     /// Announces this node and forgets nodes that fell silent; call every heartbeat interval.
     pub fn heartbeat(&self) {
-        if !self.bus.has_peers() {
+        if !self.has_peers {
             return;
         }
         self.publish_nodes(&Envelope::Heartbeat {
@@ -337,7 +341,7 @@ impl Cluster {
 
     /// Tells the other nodes this one is leaving.
     pub fn leave(&self) {
-        if self.bus.has_peers() {
+        if self.has_peers {
             self.publish_nodes(&Envelope::NodeDown {
                 from: self.node(),
                 instance: self.instance,

@@ -2,6 +2,8 @@
 //! random loopback port). One test binary on purpose: each binary links the whole server, so
 //! further groups of tests are modules of this one (`e2e/*.rs`).
 
+#[path = "e2e/cluster.rs"]
+mod cluster;
 #[path = "e2e/failover.rs"]
 mod failover;
 

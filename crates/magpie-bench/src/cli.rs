@@ -20,7 +20,7 @@ use crate::scenarios::c2c::{self, C2cOptions, LoadMode, SuiteOptions};
 use crate::scenarios::catchup::{self, CatchupOptions};
 use crate::scenarios::idle::{self, IdleOptions};
 use crate::scenarios::login::{self, LoginOptions};
-use crate::target::{self, Spawned, Target};
+use crate::target::{self, Spawned, SpawnedCluster, Target};
 
 /// magpie-bench: load generator for the Magpie server, with a bare WebSocket relay as the
 /// baseline. By default every scenario spawns the server under test itself.
@@ -54,14 +54,27 @@ pub struct TargetArgs {
     #[arg(long, value_name = "PATH")]
     pub magpie_bin: Option<PathBuf>,
     /// Benchmark an already running server (http://host:port) instead of spawning one.
-    #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
-    /// The app secret of --server.
+    /// Repeat it (or give a comma-separated list) for the nodes of a running cluster: clients
+    /// are spread over them.
+    #[arg(
+        long,
+        value_name = "URL",
+        value_delimiter = ',',
+        conflicts_with = "cluster"
+    )]
+    pub server: Vec<String>,
+    /// The app secret of --server (of every node).
     #[arg(long, value_name = "S")]
     pub secret: Option<String>,
-    /// The pid of --server, to sample its RSS and CPU from /proc.
-    #[arg(long, value_name = "PID")]
-    pub pid: Option<u32>,
+    /// The pid of --server, to sample its RSS and CPU from /proc; repeat it (or a
+    /// comma-separated list) for the nodes of a cluster: they are summed.
+    #[arg(long, value_name = "PID", value_delimiter = ',')]
+    pub pid: Vec<u32>,
+    /// Spawn a cluster of N nodes instead of one server: PostgreSQL and nats-server on
+    /// random loopback ports (they must be installed), then N `magpie serve --store …
+    /// --cluster …` sharing one app secret. Clients are spread over the nodes.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub cluster: Option<u16>,
     /// A TOML config for the spawned server instead of the generated one (rate limits
     /// lifted, everything else default).
     #[arg(long, value_name = "FILE")]
@@ -281,12 +294,13 @@ fn common_from(args: &CommonArgs) -> Common {
 struct Sut {
     target: Target,
     spawned: Option<Spawned>,
+    cluster: Option<SpawnedCluster>,
     keep: bool,
 }
 
 impl Sut {
     async fn start(args: &TargetArgs, progress: &Progress) -> anyhow::Result<Self> {
-        if let Some(url) = &args.server {
+        if !args.server.is_empty() {
             let Some(secret) = args
                 .secret
                 .clone()
@@ -294,12 +308,32 @@ impl Sut {
             else {
                 bail!("--server needs --secret (or MAGPIE_APP_SECRET)");
             };
-            if args.pid.is_none() {
+            if args.pid.is_empty() {
                 progress.note("no --pid: server RSS and CPU will not be sampled");
             }
+            let target = if args.server.len() == 1 {
+                if args.pid.len() > 1 {
+                    bail!("one --server takes one --pid");
+                }
+                Target::magpie(&args.server[0], &secret, args.pid.first().copied()).await?
+            } else {
+                if !args.pid.is_empty() && args.pid.len() != args.server.len() {
+                    progress.note(format!(
+                        "{} --pid for {} --server: only those pids are sampled",
+                        args.pid.len(),
+                        args.server.len()
+                    ));
+                }
+                progress.note(format!(
+                    "cluster of {} nodes: clients spread over them",
+                    args.server.len()
+                ));
+                Target::cluster(&args.server, &secret, args.pid.clone()).await?
+            };
             return Ok(Self {
-                target: Target::magpie(url, &secret, args.pid).await?,
+                target,
                 spawned: None,
+                cluster: None,
                 keep: false,
             });
         }
@@ -307,6 +341,22 @@ impl Sut {
             Some(bin) => bin.clone(),
             None => target::default_magpie_bin()?,
         };
+        if let Some(nodes) = args.cluster {
+            let cluster = target::spawn_cluster(
+                &bin,
+                usize::from(nodes),
+                args.data_parent.as_deref(),
+                args.server_config.as_deref(),
+                |line| progress.note(line),
+            )
+            .await?;
+            return Ok(Self {
+                target: cluster.target.clone(),
+                spawned: None,
+                cluster: Some(cluster),
+                keep: args.keep_data,
+            });
+        }
         let spawned = target::spawn_magpie(
             &bin,
             args.data_parent.as_deref(),
@@ -322,6 +372,7 @@ impl Sut {
         Ok(Self {
             target: spawned.target.clone(),
             spawned: Some(spawned),
+            cluster: None,
             keep: args.keep_data,
         })
     }
@@ -337,6 +388,14 @@ impl Sut {
                 ));
             }
             spawned.stop().await;
+        }
+        if let Some(mut cluster) = self.cluster {
+            if self.keep {
+                for dir in cluster.keep_data() {
+                    progress.note(format!("kept a node's data and log in {}", dir.display()));
+                }
+            }
+            cluster.stop().await;
         }
     }
 }
@@ -570,5 +629,44 @@ mod tests {
         assert!(
             Cli::try_parse_from(["magpie-bench", "c2c", "--rate", "5", "--window", "3"]).is_err()
         );
+    }
+
+    #[test]
+    fn cluster_flags_parse() {
+        let cli = Cli::try_parse_from(["magpie-bench", "login", "--cluster", "3"]).unwrap();
+        let Command::Login(args) = cli.command else {
+            panic!("not login")
+        };
+        assert_eq!(args.target.cluster, Some(3));
+        let cli = Cli::try_parse_from([
+            "magpie-bench",
+            "c2c",
+            "--server",
+            "http://127.0.0.1:1",
+            "--server",
+            "http://127.0.0.1:2,http://127.0.0.1:3",
+            "--pid",
+            "10,11",
+            "--pid",
+            "12",
+        ])
+        .unwrap();
+        let Command::C2c(args) = cli.command else {
+            panic!("not c2c")
+        };
+        assert_eq!(args.target.server.len(), 3);
+        assert_eq!(args.target.pid, vec![10, 11, 12]);
+        assert!(
+            Cli::try_parse_from([
+                "magpie-bench",
+                "c2c",
+                "--cluster",
+                "2",
+                "--server",
+                "http://h:1"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["magpie-bench", "c2c", "--cluster", "0"]).is_err());
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! The [`Sampler`] reads `/proc/<pid>/status` (VmRSS) and `/proc/<pid>/stat` (utime + stime)
 //! of a process at a fixed interval — the server under test, the relay, and the generator
-//! itself — so a report can say what the server cost during the measured window.
+//! itself — so a report can say what the server cost during the measured window. Against a
+//! cluster it samples a [`ProcGroup`]: every node summed, and each backing service
+//! (PostgreSQL with all its backends, NATS) as a process tree of its own.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -197,8 +199,12 @@ pub struct ProcSample {
 /// A process's samples with a summary over a window.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ProcReport {
-    /// The process id sampled.
+    /// The process id sampled (the first of a group).
     pub pid: u32,
+    /// Every process id of a group (cluster nodes, or a service's root process), summed;
+    /// empty for a single process.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
     /// Mean CPU over the measured window, percent of one core.
     pub cpu_pct_mean: f64,
     /// Largest RSS seen in the window.
@@ -231,6 +237,7 @@ impl ProcReport {
         };
         Self {
             pid,
+            pids: Vec::new(),
             cpu_pct_mean,
             rss_max_bytes,
             rss_end_bytes,
@@ -239,10 +246,123 @@ impl ProcReport {
     }
 }
 
+/// Processes sampled together: RSS and CPU are summed over them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProcGroup {
+    /// The processes.
+    pub pids: Vec<u32>,
+    /// Also count every descendant of each pid alive at the sample (PostgreSQL's backends),
+    /// and the CPU of children they have reaped.
+    pub tree: bool,
+}
+
+impl ProcGroup {
+    /// One process.
+    pub fn single(pid: u32) -> Self {
+        Self {
+            pids: vec![pid],
+            tree: false,
+        }
+    }
+
+    /// Summed (RSS bytes, CPU ticks) of the group now; `None` when every process is gone.
+    pub fn read(&self) -> Option<(u64, u64)> {
+        if !self.tree {
+            if let [pid] = self.pids.as_slice() {
+                return Some((read_rss(*pid)?, read_cpu_ticks(*pid)?));
+            }
+            let mut any = false;
+            let (mut rss, mut ticks) = (0, 0);
+            for &pid in &self.pids {
+                if let (Some(r), Some(t)) = (read_rss(pid), read_cpu_ticks(pid)) {
+                    any = true;
+                    rss += r;
+                    ticks += t;
+                }
+            }
+            return any.then_some((rss, ticks));
+        }
+        let all = descendants(&self.pids);
+        let mut any = false;
+        let (mut rss, mut ticks) = (0, 0);
+        for pid in all {
+            if let Some(t) = read_cpu_ticks_with_children(pid) {
+                any = true;
+                ticks += t;
+                rss += read_rss(pid).unwrap_or(0);
+            }
+        }
+        any.then_some((rss, ticks))
+    }
+}
+
+/// `roots` and every process descending from them (one scan of `/proc`).
+fn descendants(roots: &[u32]) -> Vec<u32> {
+    let mut parent_of: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = read_ppid(pid) {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut out: Vec<u32> = roots.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        for &(pid, ppid) in &parent_of {
+            if ppid == parent && !out.contains(&pid) {
+                out.push(pid);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is not numeric: keep it as 0 so indexes stay (field number - 3).
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+fn read_ppid(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1).map(|p| *p as u32)
+}
+
+/// utime + stime + cutime + cstime (fields 14–17) in clock ticks.
+fn read_cpu_ticks_with_children(pid: u32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    Some(f.get(11)? + f.get(12)? + f.get(13)? + f.get(14)?)
+}
+
+/// A backing service of a cluster (PostgreSQL, NATS) over the same window as the server.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceReport {
+    /// `postgres` or `nats`.
+    pub name: String,
+    /// Its processes (PostgreSQL: the postmaster and every backend), summed. RSS counts
+    /// shared memory once per process, so it overstates PostgreSQL's footprint.
+    #[serde(flatten)]
+    pub proc: ProcReport,
+}
+
 /// Samples a process's RSS and CPU in the background until stopped.
 #[derive(Debug)]
 pub struct Sampler {
-    pid: u32,
+    group: ProcGroup,
     base: Instant,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Vec<ProcSample>>,
@@ -251,7 +371,13 @@ pub struct Sampler {
 impl Sampler {
     /// Starts sampling `pid` every `every`; times are measured from `base`.
     pub fn start(pid: u32, base: Instant, every: Duration) -> Self {
+        Self::start_group(ProcGroup::single(pid), base, every)
+    }
+
+    /// Starts sampling a group of processes (summed) every `every`.
+    pub fn start_group(group: ProcGroup, base: Instant, every: Duration) -> Self {
         let stop = CancellationToken::new();
+        let sampled = group.clone();
         let token = stop.clone();
         let task = tokio::spawn(async move {
             let mut samples = Vec::new();
@@ -264,7 +390,7 @@ impl Sampler {
                     _ = tick.tick() => {}
                 }
                 let now = Instant::now();
-                let (Some(rss), Some(ticks)) = (read_rss(pid), read_cpu_ticks(pid)) else {
+                let Some((rss, ticks)) = sampled.read() else {
                     break; // the process is gone
                 };
                 let cpu_pct = match prev {
@@ -289,7 +415,7 @@ impl Sampler {
             samples
         });
         Self {
-            pid,
+            group,
             base,
             stop,
             task,
@@ -305,13 +431,23 @@ impl Sampler {
     pub async fn finish(self, from_ms: u64, to_ms: u64) -> ProcReport {
         self.stop.cancel();
         let samples = self.task.await.unwrap_or_default();
-        ProcReport::over(self.pid, samples, from_ms, to_ms)
+        let pid = self.group.pids.first().copied().unwrap_or_default();
+        let mut report = ProcReport::over(pid, samples, from_ms, to_ms);
+        if self.group.pids.len() > 1 || self.group.tree {
+            report.pids = self.group.pids;
+        }
+        report
     }
 }
 
 /// Starts a sampler for an optional pid.
 pub fn maybe_sample(pid: Option<u32>, base: Instant, every: Duration) -> Option<Sampler> {
     pid.map(|pid| Sampler::start(pid, base, every))
+}
+
+/// Starts a sampler for a group; `None` when it has no process.
+pub fn maybe_sample_group(group: ProcGroup, base: Instant, every: Duration) -> Option<Sampler> {
+    (!group.pids.is_empty()).then(|| Sampler::start_group(group, base, every))
 }
 
 /// Finishes an optional sampler.

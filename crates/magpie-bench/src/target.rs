@@ -6,6 +6,13 @@
 //! also target a server that is already running (`--server URL --secret S [--pid PID]`). The
 //! relay baseline is spawned as a separate `magpie-bench relay` process so that it is
 //! measured like the server, apart from the generator.
+//!
+//! A target can also be a **cluster**: several nodes sharing PostgreSQL and NATS, either
+//! spawned by the bench ([`spawn_cluster`]: PostgreSQL and nats-server through
+//! `magpie-services`, then N `magpie serve --store … --cluster …` with one app secret) or
+//! already running (several `--server` URLs). Scenarios spread their clients over
+//! [`Target::nodes`]; the nodes' pids are sampled as one summed group and the backing
+//! services separately.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,7 +73,14 @@ pub struct Target {
     /// The app secret for the REST API; `None` for the relay.
     pub secret: Option<String>,
     /// The server's pid, to sample its RSS and CPU; `None` when unknown (or in-process).
+    /// For a cluster: node 0's.
     pub pid: Option<u32>,
+    /// Every node of a cluster, node 0 (= `ws`) first; empty for a single server.
+    pub nodes: Vec<Endpoint>,
+    /// The pids of a cluster's nodes, sampled together (summed); empty for a single server.
+    pub node_pids: Vec<u32>,
+    /// Backing services sampled separately: (name, root pid; its descendants count too).
+    pub services: Vec<(String, u32)>,
 }
 
 impl Target {
@@ -84,7 +98,59 @@ impl Target {
             http: Some(http),
             secret: Some(secret.to_owned()),
             pid,
+            nodes: Vec::new(),
+            node_pids: Vec::new(),
+            services: Vec::new(),
         })
+    }
+
+    /// A cluster of Magpie nodes at `bases` sharing `secret`; `pids` are the nodes' pids
+    /// (any subset, or none). Users are seeded through node 0's REST API.
+    pub async fn cluster(bases: &[String], secret: &str, pids: Vec<u32>) -> anyhow::Result<Self> {
+        let Some(first) = bases.first() else {
+            bail!("a cluster needs at least one node");
+        };
+        let mut target = Self::magpie(first, secret, pids.first().copied()).await?;
+        if bases.len() > 1 {
+            let mut nodes = Vec::with_capacity(bases.len());
+            for base in bases {
+                nodes.push(Self::magpie(base, secret, None).await?.ws);
+            }
+            target.nodes = nodes;
+            target.node_pids = pids;
+        }
+        Ok(target)
+    }
+
+    /// Nodes the clients are spread over (1 for a single server or the relay).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len().max(1)
+    }
+
+    /// The WebSocket endpoint of node `node % node_count()`.
+    pub fn endpoint(&self, node: usize) -> &Endpoint {
+        if self.nodes.is_empty() {
+            &self.ws
+        } else {
+            &self.nodes[node % self.nodes.len()]
+        }
+    }
+
+    /// Whether the clients are spread over several nodes.
+    pub fn is_cluster(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
+    /// The server processes to sample: every node summed, or the one pid.
+    pub fn server_group(&self) -> Option<crate::metrics::ProcGroup> {
+        if self.node_pids.is_empty() {
+            self.pid.map(crate::metrics::ProcGroup::single)
+        } else {
+            Some(crate::metrics::ProcGroup {
+                pids: self.node_pids.clone(),
+                tree: false,
+            })
+        }
     }
 
     /// A relay listening on `addr`.
@@ -99,6 +165,9 @@ impl Target {
             http: None,
             secret: None,
             pid,
+            nodes: Vec::new(),
+            node_pids: Vec::new(),
+            services: Vec::new(),
         }
     }
 
@@ -218,6 +287,17 @@ pub async fn spawn_magpie(
     data_parent: Option<&Path>,
     config: Option<&Path>,
 ) -> anyhow::Result<Spawned> {
+    spawn_node(bin, data_parent, config, &fresh_secret(), &[]).await
+}
+
+/// One `magpie serve` process with its own data directory; `extra` are more arguments.
+async fn spawn_node(
+    bin: &Path,
+    data_parent: Option<&Path>,
+    config: Option<&Path>,
+    secret: &str,
+    extra: &[String],
+) -> anyhow::Result<Spawned> {
     if !bin.exists() {
         bail!(
             "magpie binary not found at {} (build it with `cargo build --release -p magpie-cli`, or pass --magpie-bin / --server)",
@@ -243,7 +323,6 @@ pub async fn spawn_magpie(
     let log = std::fs::File::create(&log_path).context("cannot create the server log")?;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
-    let secret = fresh_secret();
     let child = Command::new(bin)
         .arg("serve")
         .arg("--listen")
@@ -252,7 +331,8 @@ pub async fn spawn_magpie(
         .arg(data.path().join("db"))
         .arg("--config")
         .arg(&config_path)
-        .env("MAGPIE_APP_SECRET", &secret)
+        .args(extra)
+        .env("MAGPIE_APP_SECRET", secret)
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("cannot share the log file")?)
         .stderr(log)
@@ -260,7 +340,7 @@ pub async fn spawn_magpie(
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let pid = child.id();
-    let target = Target::magpie(&listen, &secret, pid).await?;
+    let target = Target::magpie(&listen, secret, pid).await?;
     let mut spawned = Spawned {
         child,
         target,
@@ -286,6 +366,165 @@ pub async fn spawn_magpie(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A cluster the bench spawned: PostgreSQL, nats-server and N `magpie serve` nodes. Dropping
+/// it kills the nodes and stops the services (deleting their data).
+#[derive(Debug)]
+pub struct SpawnedCluster {
+    /// The nodes, node 0 first.
+    pub nodes: Vec<Spawned>,
+    /// All of it as one target (clients spread over the nodes).
+    pub target: Target,
+    postgres: Option<magpie_services::Postgres>,
+    nats: Option<magpie_services::Nats>,
+}
+
+impl SpawnedCluster {
+    /// Keeps every node's data directory (and log); returns their paths. PostgreSQL's and
+    /// NATS's directories are deleted regardless.
+    pub fn keep_data(&mut self) -> Vec<PathBuf> {
+        self.nodes
+            .iter_mut()
+            .filter_map(Spawned::keep_data)
+            .collect()
+    }
+
+    /// Kills the nodes, then stops NATS and PostgreSQL.
+    pub async fn stop(mut self) {
+        for node in std::mem::take(&mut self.nodes) {
+            node.stop().await;
+        }
+        let (postgres, nats) = (self.postgres.take(), self.nats.take());
+        let _ = tokio::task::spawn_blocking(move || {
+            drop(nats);
+            drop(postgres);
+        })
+        .await;
+    }
+}
+
+/// The database the spawned cluster keeps everything in.
+pub const CLUSTER_DATABASE: &str = "magpie_bench";
+
+/// Starts PostgreSQL and nats-server (through `magpie-services`: random loopback ports,
+/// temporary directories; PostgreSQL with its test settings, see the README), then `nodes`
+/// `magpie serve` processes with `--store` / `--cluster` and one app secret, one after
+/// another, each waited for on `/healthz`. `note` hears what is started.
+pub async fn spawn_cluster(
+    bin: &Path,
+    nodes: usize,
+    data_parent: Option<&Path>,
+    config: Option<&Path>,
+    note: impl Fn(String),
+) -> anyhow::Result<SpawnedCluster> {
+    if nodes == 0 {
+        bail!("--cluster needs at least 1 node");
+    }
+    if !bin.exists() {
+        bail!(
+            "magpie binary not found at {} (build it with `cargo build --release -p magpie-cli`, or pass --magpie-bin / --server)",
+            bin.display()
+        );
+    }
+    let (postgres, nats) = tokio::task::spawn_blocking(
+        || -> anyhow::Result<(magpie_services::Postgres, magpie_services::Nats)> {
+            let postgres = magpie_services::Postgres::start().context("cannot start PostgreSQL")?;
+            postgres
+                .execute(&format!("CREATE DATABASE {CLUSTER_DATABASE}"))
+                .context("cannot create the cluster's database")?;
+            let nats = magpie_services::Nats::start().context("cannot start nats-server")?;
+            Ok((postgres, nats))
+        },
+    )
+    .await
+    .context("the service start-up thread failed")??;
+    let store = postgres.database_url(CLUSTER_DATABASE);
+    note(format!(
+        "started PostgreSQL (pid {}) at {store} and nats-server (pid {}) at {}",
+        postgres.pid().unwrap_or_default(),
+        nats.pid().unwrap_or_default(),
+        nats.url()
+    ));
+    let mut cluster = SpawnedCluster {
+        nodes: Vec::with_capacity(nodes),
+        target: Target::relay(SocketAddr::from(([127, 0, 0, 1], 0)), None),
+        postgres: Some(postgres),
+        nats: Some(nats),
+    };
+    let secret = fresh_secret();
+    let extra = [
+        "--store".to_owned(),
+        store,
+        "--cluster".to_owned(),
+        cluster
+            .nats
+            .as_ref()
+            .map(magpie_services::Nats::url)
+            .unwrap_or_default(),
+    ];
+    for i in 0..nodes {
+        let node = match spawn_node(bin, data_parent, config, &secret, &extra).await {
+            Ok(node) => node,
+            Err(e) => {
+                cluster.stop().await;
+                return Err(e.context(format!("cluster node {i}")));
+            }
+        };
+        note(format!(
+            "spawned node {i} (pid {}) at {}",
+            node.target.pid.unwrap_or_default(),
+            node.target.ws.url()
+        ));
+        cluster.nodes.push(node);
+    }
+    let bases: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.target.ws.host.clone())
+        .collect();
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.target.pid).collect();
+    let mut target = Target::cluster(&bases, &secret, pids).await?;
+    target.services = [
+        (
+            "postgres",
+            cluster
+                .postgres
+                .as_ref()
+                .and_then(magpie_services::Postgres::pid),
+        ),
+        (
+            "nats",
+            cluster.nats.as_ref().and_then(magpie_services::Nats::pid),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, pid)| pid.map(|pid| (name.to_owned(), pid)))
+    .collect();
+    cluster.target = target;
+    Ok(cluster)
+}
+
+/// The node of each user of a ring where user `i` sends to user `(i + 1) % users`: round
+/// robin (`i % nodes`), so a sender and its recipient are on different nodes; when the
+/// ring's wrap-around pair would share a node (`users % nodes == 1`), the last user moves to a
+/// node neither of its neighbours uses, if there is one (3 nodes or more).
+pub fn ring_nodes(users: usize, nodes: usize) -> Vec<usize> {
+    let nodes = nodes.max(1);
+    let mut assign: Vec<usize> = (0..users).map(|i| i % nodes).collect();
+    if users >= 3 && nodes >= 3 && assign[users - 1] == assign[0] {
+        let before = assign[users - 2];
+        if let Some(free) = (0..nodes).find(|n| *n != before && *n != assign[0]) {
+            assign[users - 1] = free;
+        }
+    }
+    assign
+}
+
+/// How many ring pairs (`i → (i + 1) % users`) have both users on the same node.
+pub fn same_node_pairs(assign: &[usize]) -> usize {
+    let n = assign.len();
+    (0..n).filter(|&i| assign[i] == assign[(i + 1) % n]).count()
 }
 
 /// Spawns `<bench_bin> relay --listen 127.0.0.1:0` and reads the bound address it prints.
@@ -349,6 +588,29 @@ mod tests {
             ("h:2".into(), "http://h:2".into())
         );
         assert!(split_base("https://h").is_err());
+    }
+
+    #[test]
+    fn ring_pairs_cross_nodes() {
+        assert_eq!(ring_nodes(4, 1), vec![0, 0, 0, 0]);
+        assert_eq!(ring_nodes(4, 2), vec![0, 1, 0, 1]);
+        assert_eq!(same_node_pairs(&ring_nodes(4, 2)), 0);
+        // 100 users on 3 nodes: user 99 would share node 0 with user 0.
+        let assign = ring_nodes(100, 3);
+        assert_eq!(assign[99], 1);
+        assert_eq!(same_node_pairs(&assign), 0);
+        // Two nodes and an odd ring: one pair must share a node.
+        assert_eq!(same_node_pairs(&ring_nodes(5, 2)), 1);
+        assert_eq!(same_node_pairs(&ring_nodes(2, 2)), 0);
+        for users in 2..40 {
+            for nodes in 3..6 {
+                assert_eq!(
+                    same_node_pairs(&ring_nodes(users, nodes)),
+                    0,
+                    "{users}/{nodes}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! A tiny run of every scenario against an in-process server (and the in-process relay).
+//! A tiny run of every scenario against an in-process server (and the in-process relay), and
+//! of `c2c` and `login` through an in-process two-node cluster on a real PostgreSQL and NATS
+//! (skipped, saying why, when they are not installed — unless `MAGPIE_REQUIRE_SERVICES=1`).
 //! Checks counts and correctness only: speed is measured with the release binary, never here.
 
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -172,4 +174,128 @@ async fn catchup_fills_a_fresh_sdk_cache() {
         assert!(device.correct);
     }
     assert!(report.passed());
+}
+
+/// Two in-process nodes on one PostgreSQL database and one NATS server, rate limits lifted as
+/// the bench's generated config does; `None` (after saying why) when a service is missing.
+async fn two_node_cluster(
+    test: &str,
+) -> Option<(
+    magpie_services::Postgres,
+    magpie_services::Nats,
+    Vec<TestServer>,
+)> {
+    let name = test.to_owned();
+    let (postgres, nats, store) = tokio::task::spawn_blocking(move || {
+        let postgres = magpie_services::postgres_or_skip(&name)?;
+        let nats = magpie_services::nats_or_skip(&name)?;
+        let store = postgres.create_database("bench_smoke");
+        Some((postgres, nats, store))
+    })
+    .await
+    .unwrap()?;
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let (store, bus) = (store.clone(), nats.url());
+        nodes.push(
+            TestServer::start_with(|config| {
+                config.limits.send_rate_per_sec = 1e9;
+                config.limits.send_burst = 1_000_000_000;
+                config.limits.request_rate_per_sec = 1e9;
+                config.limits.request_burst = 1_000_000_000;
+                config.store.url = Some(store);
+                config.cluster.url = Some(bus);
+            })
+            .await,
+        );
+    }
+    Some((postgres, nats, nodes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2c_and_login_through_a_two_node_cluster() {
+    let Some((postgres, nats, nodes)) =
+        two_node_cluster("c2c_and_login_through_a_two_node_cluster").await
+    else {
+        return;
+    };
+    let bases: Vec<String> = nodes.iter().map(TestServer::http_url).collect();
+    let target = Target::cluster(&bases, TEST_SECRET, Vec::new())
+        .await
+        .unwrap();
+    assert!(target.is_cluster());
+    assert_eq!(target.node_count(), 2);
+
+    // c2c: 4 users on nodes 0/1/0/1, so every sender's recipient is on the other node.
+    let opts = SuiteOptions {
+        run: C2cOptions {
+            users: 4,
+            size: 64,
+            mode: LoadMode::Closed { window: 4 },
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(10),
+        },
+        sweep: vec![0.5],
+    };
+    let suite = c2c::suite(&target, None, &opts, &common()).await.unwrap();
+    for run in [&suite.magpie, &suite.sweep_magpie[0].run] {
+        let c = &run.correctness;
+        assert!(run.totals.sent > 0, "sent nothing");
+        assert_eq!(run.totals.send_errors, 0, "{:?}", c.first_error);
+        assert_eq!(run.totals.acked, run.totals.sent);
+        assert_eq!(run.totals.delivered, run.totals.acked);
+        assert_eq!(
+            (
+                c.lost,
+                c.duplicated,
+                c.reordered,
+                c.seq_mismatch,
+                c.misdelivered,
+                c.undecodable,
+                c.seqs_out_of_send_order,
+                c.closed_by_server
+            ),
+            (0, 0, 0, 0, 0, 0, 0, 0)
+        );
+        assert_eq!(c.seq_collisions, Some(0));
+        assert!(
+            c.arrived_out_of_order.is_some(),
+            "a cluster run counts arrivals out of order instead of failing on them"
+        );
+        let layout = run.cluster.as_ref().expect("cluster layout");
+        assert_eq!(layout.nodes, 2);
+        assert_eq!(layout.clients_per_node, vec![2, 2]);
+        assert_eq!(layout.same_node_pairs, Some(0));
+        assert!(run.services.is_empty(), "no spawned services in-process");
+        assert!(run.latency.count > 0);
+    }
+    assert!(suite.passed());
+
+    // login: devices alternate between the nodes, seeders too.
+    let opts = LoginOptions {
+        devices: 12,
+        concurrency: 6,
+        devices_per_user: 2,
+        convs: 2,
+        msgs: 3,
+        pull_messages: true,
+        size: 32,
+    };
+    let report = login::run(&target, &opts, &common()).await.unwrap();
+    assert!(report.passed(), "{:?}", report.first_failure);
+    assert_eq!(report.synced_ok, 12);
+    assert_eq!(report.seed.as_ref().unwrap().messages, 2 * 6 * 3);
+    assert_eq!(report.conversations_synced, 12 * 2);
+    assert_eq!(report.messages_synced, 12 * 2 * 3);
+    assert_eq!(
+        report.cluster.as_ref().unwrap().clients_per_node,
+        vec![6, 6]
+    );
+
+    // Nodes first, then the services they use.
+    drop(nodes);
+    tokio::task::spawn_blocking(move || drop((nats, postgres)))
+        .await
+        .unwrap();
 }

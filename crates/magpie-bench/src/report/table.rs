@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use crate::metrics::{Percentiles, ProcReport, fmt_bytes, fmt_us};
+use crate::metrics::{Percentiles, ProcReport, ServiceReport, fmt_bytes, fmt_us};
+use crate::scenarios::ClusterLayout;
 use crate::scenarios::c2c::{C2cRun, C2cSuite, LoadMode, SweepPoint};
 use crate::scenarios::catchup::CatchupReport;
 use crate::scenarios::idle::IdleReport;
@@ -129,6 +130,48 @@ const C2C_HEADERS: [&str; 15] = [
     "gen cpu",
 ];
 
+/// `cluster: 3 nodes (34/33/33 clients), …` — nothing for a single server.
+fn cluster_lines(out: &mut String, layout: Option<&ClusterLayout>) {
+    let Some(layout) = layout else { return };
+    let per_node: Vec<String> = layout
+        .clients_per_node
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let _ = write!(
+        out,
+        "cluster: {} nodes, clients per node {}",
+        layout.nodes,
+        per_node.join("/")
+    );
+    if let Some(same) = layout.same_node_pairs {
+        let _ = write!(out, "; sender and recipient on the same node: {same} pairs");
+    }
+    out.push_str(
+        "; server cpu/rss = all nodes summed
+",
+    );
+}
+
+/// `postgres cpu 85% rss …; nats cpu 12% …` — nothing when there are no services.
+fn service_line(name: &str, services: &[ServiceReport]) -> Option<String> {
+    if services.is_empty() {
+        return None;
+    }
+    let cells: Vec<String> = services
+        .iter()
+        .map(|s| {
+            let [cpu, rss] = proc_cells(Some(&s.proc));
+            format!("{} cpu {cpu} rss {rss}", s.name)
+        })
+        .collect();
+    Some(format!(
+        "{name}: {}
+",
+        cells.join("; ")
+    ))
+}
+
 /// The c2c summary: relay, Magpie, the ratio, and any sweep.
 pub fn c2c(suite: &C2cSuite) -> String {
     let m = &suite.magpie;
@@ -150,6 +193,13 @@ pub fn c2c(suite: &C2cSuite) -> String {
     }
     table.row(c2c_row("magpie", m));
     out.push_str(&table.render());
+    if m.cluster.is_some() {
+        out.push('\n');
+        cluster_lines(&mut out, m.cluster.as_ref());
+        if let Some(line) = service_line("backing services (magpie)", &m.services) {
+            out.push_str(&line);
+        }
+    }
     if let Some(ratio) = suite.ratio_to_relay {
         let _ = writeln!(
             out,
@@ -177,6 +227,14 @@ pub fn c2c(suite: &C2cSuite) -> String {
             ));
         }
         out.push_str(&table.render());
+        for point in &suite.sweep_magpie {
+            if let Some(line) = service_line(
+                &format!("backing services (magpie {:.0}%)", point.fraction * 100.0),
+                &point.run.services,
+            ) {
+                out.push_str(&line);
+            }
+        }
     }
     let runs = suite
         .relay
@@ -195,7 +253,17 @@ pub fn c2c(suite: &C2cSuite) -> String {
                 .iter()
                 .map(|p| (format!("magpie {:.0}%", p.fraction * 100.0), &p.run)),
         );
+    let mut out_of_order = None;
     for (name, run) in runs {
+        if let Some(n) = run.correctness.arrived_out_of_order {
+            *out_of_order.get_or_insert(0) += n;
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "{name}: {n} deliveries arrived after a newer message of the same conversation (cluster: not a failure, clients order by seq)"
+                );
+            }
+        }
         if let Some(e) = &run.correctness.first_error {
             let _ = writeln!(out, "{name}: first error answer: {e}");
         }
@@ -203,7 +271,7 @@ pub fn c2c(suite: &C2cSuite) -> String {
         if !c.ok() || c.unanswered > 0 {
             let _ = writeln!(
                 out,
-                "{name}: CORRECTNESS lost {} duplicated {} reordered {} (delivered seq going backwards {}; seqs assigned out of send order {}) seq-mismatch {} misdelivered {} undecodable {} unanswered {} closed-by-server {} (first close code {:?})",
+                "{name}: CORRECTNESS lost {} duplicated {} reordered {} (delivered seq going backwards {}; seqs assigned out of send order {}) seq-mismatch {} misdelivered {} undecodable {} unanswered {} closed-by-server {} (first close code {:?}){}",
                 c.lost,
                 c.duplicated,
                 c.reordered,
@@ -214,19 +282,20 @@ pub fn c2c(suite: &C2cSuite) -> String {
                 c.undecodable,
                 c.unanswered,
                 c.closed_by_server,
-                c.first_close_code
+                c.first_close_code,
+                c.seq_collisions
+                    .map_or_else(String::new, |n| format!(" seq-collisions {n}"))
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "\ncorrectness: {}",
-        if suite.passed() {
-            "every acked message delivered exactly once, in order"
-        } else {
-            "FAILED"
-        }
-    );
+    let verdict = match (suite.passed(), out_of_order) {
+        (false, _) => "FAILED".to_owned(),
+        (true, None) => "every acked message delivered exactly once, in order".to_owned(),
+        (true, Some(n)) => format!(
+            "every acked message delivered exactly once with its acked seq, no seq twice per conversation ({n} arrivals out of order across nodes)"
+        ),
+    };
+    let _ = writeln!(out, "\ncorrectness: {verdict}");
     out
 }
 
@@ -337,6 +406,10 @@ pub fn login(r: &LoginReport) -> String {
         "\nsynced {} conversations / {} messages; server cpu {cpu} rss {rss}; generator cpu {gcpu}",
         r.conversations_synced, r.messages_synced
     );
+    cluster_lines(&mut out, r.cluster.as_ref());
+    if let Some(line) = service_line("backing services", &r.services) {
+        out.push_str(&line);
+    }
     let _ = writeln!(
         out,
         "login+sync rate budget >= 5000/s; failed {} wrong sync {}; listen-queue overflows {}",

@@ -22,6 +22,14 @@
 //! (or seq) lower than one already delivered from that sender is a reorder; an acked `k`
 //! never delivered is lost; a delivered seq that differs from the acked seq is a mismatch; a
 //! delivery to anyone but `(s + 1) % U` is misdelivered. Any of these fails the run.
+//!
+//! Against a **cluster** user `i` connects to node [`ring_nodes`]`(U, N)[i]` (round robin,
+//! so sender and recipient sit on different nodes and every message crosses NATS). The
+//! server does not promise per-conversation order on the wire across nodes (clients order by
+//! seq), so there an arrival older than one already delivered is counted as
+//! `arrived_out_of_order`, not as a failure; instead each conversation's delivered seqs must be
+//! exactly the acked ones (no loss, no mismatch) with no seq delivered for two messages
+//! (`seq_collisions`) and no message delivered twice.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,9 +45,10 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{
     BenchTag, Conn, EventName, FastFrame, FrameKind, SendTemplate, WsSink, WsStream, payload,
 };
+use crate::metrics::ServiceReport;
 use crate::metrics::{self, Percentiles, ProcReport, SharedHistogram};
-use crate::scenarios::{Common, padding};
-use crate::target::{Target, TargetKind};
+use crate::scenarios::{ClusterLayout, Common, TargetSamplers, padding};
+use crate::target::{Target, TargetKind, ring_nodes, same_node_pairs};
 
 /// How the load is offered.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -141,6 +150,14 @@ pub struct Correctness {
     pub delivered_unacked: u64,
     /// The first error answer seen, if any.
     pub first_error: Option<String>,
+    /// Cluster only: deliveries that arrived after a newer message of the same sender (by
+    /// counter or seq). Not a failure there: across nodes the server does not order the wire,
+    /// clients order by seq. (On one server these count as `reordered`.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arrived_out_of_order: Option<u64>,
+    /// Cluster only: seqs delivered for two different messages of one conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq_collisions: Option<u64>,
 }
 
 impl Correctness {
@@ -154,6 +171,7 @@ impl Correctness {
             && self.misdelivered == 0
             && self.undecodable == 0
             && self.closed_by_server == 0
+            && self.seq_collisions.unwrap_or(0) == 0
     }
 }
 
@@ -205,6 +223,12 @@ pub struct C2cRun {
     pub generator: Option<ProcReport>,
     /// Counters every second.
     pub ticks: Vec<Tick>,
+    /// How the users were spread over a cluster's nodes (absent for one server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterLayout>,
+    /// A spawned cluster's backing services (PostgreSQL, NATS) during the window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceReport>,
 }
 
 impl C2cRun {
@@ -286,6 +310,15 @@ impl Ledger {
             last = last.max(seq);
         }
         bad
+    }
+
+    /// Seqs this ledger delivered (each message once), for collision checks.
+    fn delivered_seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.delivered
+            .iter()
+            .zip(&self.delivered_seq)
+            .filter(|(n, seq)| **n > 0 && **seq != ACKED_WITHOUT_SEQ)
+            .map(|(_, seq)| *seq)
     }
 
     /// (lost, seq mismatches, delivered without ack)
@@ -399,14 +432,21 @@ pub async fn run(
         TargetKind::Relay => vec!["relay".to_owned(); users],
     };
 
-    // Connect and log everyone in.
+    // Connect and log everyone in, spread over a cluster's nodes.
+    let assign = ring_nodes(users, target.node_count());
+    let cluster = ClusterLayout::of(target, assign.iter().copied()).map(|mut layout| {
+        layout.same_node_pairs = Some(same_node_pairs(&assign));
+        layout
+    });
+    let assign = &assign;
     let bar = common.progress.bar(users as u64, "connecting");
     let conns: Vec<anyhow::Result<(usize, Conn)>> =
         futures_util::stream::iter(names.iter().zip(&tokens).enumerate())
             .map(|(i, (name, token))| {
                 let bar = bar.clone();
                 async move {
-                    let mut conn = Conn::open(&target.ws, common.codec, common.sources.pick(i))
+                    let endpoint = target.endpoint(assign[i]);
+                    let mut conn = Conn::open(endpoint, common.codec, common.sources.pick(i))
                         .await
                         .with_context(|| format!("connecting {name}"))?;
                     conn.login(name, token, "bench", Platform::Linux)
@@ -454,7 +494,7 @@ pub async fn run(
             .collect(),
     });
 
-    let server_sampler = metrics::maybe_sample(target.pid, base, common.sample_every);
+    let server_sampler = TargetSamplers::start(target, base, common.sample_every);
     let self_sampler = metrics::maybe_sample(Some(std::process::id()), base, common.sample_every);
 
     let stop = CancellationToken::new();
@@ -525,7 +565,7 @@ pub async fn run(
         at_start.map_or(warmup_us, |(t, _)| t) / 1000,
         at_end.0 / 1000,
     );
-    let server = metrics::maybe_finish(server_sampler, window_ms.0, window_ms.1).await;
+    let (server, services) = server_sampler.finish(window_ms.0, window_ms.1).await;
     let generator = metrics::maybe_finish(self_sampler, window_ms.0, window_ms.1).await;
 
     // Stop sending, then drain: every send answered, every ack delivered.
@@ -589,6 +629,10 @@ pub async fn run(
         correctness.delivered_seq_backwards += ledger.seq_backwards;
         correctness.seqs_out_of_send_order += ledger.seqs_out_of_send_order();
     }
+    if cluster.is_some() {
+        correctness.arrived_out_of_order = Some(std::mem::take(&mut correctness.reordered));
+        correctness.seq_collisions = Some(seq_collisions(&shared, users));
+    }
     Ok(C2cRun {
         target: target.kind,
         load: opts.mode,
@@ -606,7 +650,31 @@ pub async fn run(
         server,
         generator,
         ticks,
+        cluster,
+        services,
     })
+}
+
+/// Seqs delivered for two different messages of one conversation. The conversation of sender
+/// `s` is {s, (s + 1) % users}; with 2 users both senders share one.
+fn seq_collisions(shared: &Shared, users: usize) -> u64 {
+    let mut by_conversation: std::collections::HashMap<(usize, usize), Vec<u64>> =
+        std::collections::HashMap::new();
+    for s in 0..users {
+        let r = (s + 1) % users;
+        let key = (s.min(r), s.max(r));
+        by_conversation
+            .entry(key)
+            .or_default()
+            .extend(shared.ledger(s).delivered_seqs());
+    }
+    by_conversation
+        .into_values()
+        .map(|mut seqs| {
+            seqs.sort_unstable();
+            seqs.windows(2).filter(|w| w[0] == w[1]).count() as u64
+        })
+        .sum()
 }
 
 /// One user's sending half.

@@ -150,14 +150,20 @@ pub async fn run(
     let tokens: Arc<Vec<String>> = Arc::new(tokens);
 
     let base = Instant::now();
-    let sampler = metrics::maybe_sample(
-        target.pid,
-        base,
-        common.sample_every.max(Duration::from_secs(1)),
-    );
+    // Against a cluster: every node summed.
+    let server_group = target.server_group();
+    let server_rss = || {
+        server_group
+            .as_ref()
+            .and_then(|g| g.read())
+            .map(|(rss, _)| rss)
+    };
+    let sampler = server_group.clone().and_then(|group| {
+        metrics::maybe_sample_group(group, base, common.sample_every.max(Duration::from_secs(1)))
+    });
     let me = std::process::id();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = target.pid.and_then(read_rss);
+    let rss_before = server_rss();
     let gen_before = read_rss(me).unwrap_or(0);
     let mut series = vec![RssPoint {
         connections: 0,
@@ -182,7 +188,7 @@ pub async fn run(
         for i in opened..batch_end {
             let permit = Arc::clone(&gate).acquire_owned().await;
             let Ok(permit) = permit else { break };
-            let ep = target.ws.clone();
+            let ep = target.endpoint(i).clone();
             let codec = common.codec;
             let source = common.sources.pick(i);
             let (names, tokens) = (Arc::clone(&names), Arc::clone(&tokens));
@@ -257,7 +263,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(300)).await;
         series.push(RssPoint {
             connections: established,
-            server_rss_bytes: target.pid.and_then(read_rss).unwrap_or(0),
+            server_rss_bytes: server_rss().unwrap_or(0),
             generator_rss_bytes: read_rss(me).unwrap_or(0),
         });
     }
@@ -280,7 +286,7 @@ pub async fn run(
         hold_bar.set_position(hold_started.elapsed().as_secs());
     }
     hold_bar.finish_and_clear();
-    let rss_after = target.pid.and_then(read_rss);
+    let rss_after = server_rss();
     let gen_after = read_rss(me).unwrap_or(0);
     series.push(RssPoint {
         connections: established,

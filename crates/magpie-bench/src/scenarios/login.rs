@@ -10,6 +10,9 @@
 //! Correctness: every device must log in, see exactly `convs` conversations each with
 //! `last_seq == msgs`, and (when pulling) receive exactly `convs × msgs` messages in ascending
 //! seq order per conversation. Devices stay connected until the whole storm is over.
+//!
+//! Against a cluster device `i` connects to node `i % N` (and seeder `j` to node `j % N`), so
+//! a user's devices and its seeders sit on different nodes.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,9 +25,9 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::client::Conn;
-use crate::metrics::{self, Percentiles, ProcReport, SharedHistogram};
+use crate::metrics::{self, Percentiles, ProcReport, ServiceReport, SharedHistogram};
 use crate::scenarios::seed::{self, SeedJob, SeedReport};
-use crate::scenarios::{Common, padding, platform_for};
+use crate::scenarios::{ClusterLayout, Common, TargetSamplers, padding, platform_for};
 use crate::target::Target;
 
 /// Options of the login storm.
@@ -100,6 +103,12 @@ pub struct LoginReport {
     pub server: Option<ProcReport>,
     /// The generator during the storm.
     pub generator: Option<ProcReport>,
+    /// How the devices were spread over a cluster's nodes (absent for one server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterLayout>,
+    /// A spawned cluster's backing services (PostgreSQL, NATS) during the storm.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceReport>,
 }
 
 impl LoginReport {
@@ -181,7 +190,7 @@ pub async fn run(
     let synced_hist = SharedHistogram::new(8);
     let held: Mutex<Vec<Conn>> = Mutex::new(Vec::with_capacity(opts.devices));
     let base = Instant::now();
-    let server_sampler = metrics::maybe_sample(target.pid, base, common.sample_every);
+    let server_sampler = TargetSamplers::start(target, base, common.sample_every);
     let self_sampler = metrics::maybe_sample(Some(std::process::id()), base, common.sample_every);
     let bar = common.progress.bar(opts.devices as u64, "logins");
     let overflows_before = metrics::read_listen_overflows();
@@ -229,7 +238,7 @@ pub async fn run(
         _ => None,
     };
     bar.finish_and_clear();
-    let server = metrics::maybe_finish(server_sampler, 0, storm_ms).await;
+    let (server, services) = server_sampler.finish(0, storm_ms).await;
     let generator = metrics::maybe_finish(self_sampler, 0, storm_ms).await;
 
     let (mut synced_ok, mut failed, mut wrong_sync) = (0u64, 0u64, 0u64);
@@ -289,6 +298,8 @@ pub async fn run(
         listen_overflows,
         server,
         generator,
+        cluster: ClusterLayout::of(target, (0..opts.devices).map(|i| i % target.node_count())),
+        services,
     })
 }
 
@@ -306,7 +317,7 @@ async fn device(
     expected_convs: u64,
     base: Instant,
 ) -> anyhow::Result<(Conn, DeviceResult)> {
-    let mut conn = Conn::open(&target.ws, common.codec, common.sources.pick(i)).await?;
+    let mut conn = Conn::open(target.endpoint(i), common.codec, common.sources.pick(i)).await?;
     conn.login(user, token, &format!("login-{i}"), platform)
         .await
         .context("login")?;

@@ -16,12 +16,15 @@ pub mod idle;
 pub mod login;
 pub mod seed;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use magpie_proto::Codec;
+use serde::Serialize;
 
 use crate::client::SourceAddrs;
+use crate::metrics::{self, ProcGroup, ProcReport, Sampler, ServiceReport};
 use crate::progress::Progress;
+use crate::target::Target;
 
 /// Settings every scenario shares.
 #[derive(Clone, Debug)]
@@ -85,4 +88,82 @@ pub fn platform_for(i: usize) -> magpie_proto::Platform {
 /// A message's text padded to `size` bytes.
 pub fn padding(size: usize) -> String {
     "x".repeat(size.max(1))
+}
+
+/// The samplers of a target: its server process(es) — one pid, or every node of a cluster
+/// summed — and each backing service of a spawned cluster on its own.
+#[derive(Debug)]
+pub struct TargetSamplers {
+    server: Option<Sampler>,
+    services: Vec<(String, Sampler)>,
+}
+
+impl TargetSamplers {
+    /// Starts sampling `target` every `every`, times from `base`.
+    pub fn start(target: &Target, base: Instant, every: Duration) -> Self {
+        let server = target
+            .server_group()
+            .and_then(|group| metrics::maybe_sample_group(group, base, every));
+        let services = target
+            .services
+            .iter()
+            .map(|(name, pid)| {
+                let group = ProcGroup {
+                    pids: vec![*pid],
+                    tree: true,
+                };
+                (name.clone(), Sampler::start_group(group, base, every))
+            })
+            .collect();
+        Self { server, services }
+    }
+
+    /// Stops, and summarises the server and each service over `[from_ms, to_ms]`.
+    pub async fn finish(
+        self,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> (Option<ProcReport>, Vec<ServiceReport>) {
+        let server = metrics::maybe_finish(self.server, from_ms, to_ms).await;
+        let mut services = Vec::with_capacity(self.services.len());
+        for (name, sampler) in self.services {
+            services.push(ServiceReport {
+                name,
+                proc: sampler.finish(from_ms, to_ms).await,
+            });
+        }
+        (server, services)
+    }
+}
+
+/// How a run was spread over the nodes of a cluster (absent for a single server).
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterLayout {
+    /// Nodes the clients were spread over.
+    pub nodes: usize,
+    /// Clients (connections) per node.
+    pub clients_per_node: Vec<usize>,
+    /// `c2c`: sender → recipient pairs whose two users were on the same node (their
+    /// messages did not cross NATS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub same_node_pairs: Option<usize>,
+}
+
+impl ClusterLayout {
+    /// The layout of clients placed on `assign[i]`, when `target` is a cluster.
+    pub fn of(target: &Target, assign: impl IntoIterator<Item = usize>) -> Option<Self> {
+        if !target.is_cluster() {
+            return None;
+        }
+        let nodes = target.node_count();
+        let mut clients_per_node = vec![0; nodes];
+        for node in assign {
+            clients_per_node[node % nodes] += 1;
+        }
+        Some(Self {
+            nodes: target.node_count(),
+            clients_per_node,
+            same_node_pairs: None,
+        })
+    }
 }

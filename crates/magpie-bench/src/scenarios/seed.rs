@@ -59,14 +59,15 @@ pub async fn seed(
     let senders = jobs.len();
     let bar = common.progress.bar(total, "seeding");
     let started = Instant::now();
-    let results: Vec<anyhow::Result<u64>> = futures_util::stream::iter(jobs)
-        .map(|job| {
-            let bar = bar.clone();
-            async move { run_job(target, common, &job, window.max(1), text, &bar).await }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+    let results: Vec<anyhow::Result<u64>> =
+        futures_util::stream::iter(jobs.into_iter().enumerate())
+            .map(|(j, job)| {
+                let bar = bar.clone();
+                async move { run_job(target, j, common, &job, window.max(1), text, &bar).await }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
     bar.finish_and_clear();
     let mut retries = 0;
     for result in results {
@@ -82,9 +83,11 @@ pub async fn seed(
     })
 }
 
-/// One seeder; returns how many sends were retried after `rate_limited`.
+/// One seeder (the `j`-th: on node `j % N` of a cluster); returns how many sends were
+/// retried after `rate_limited`.
 async fn run_job(
     target: &Target,
+    j: usize,
     common: &Common,
     job: &SeedJob,
     window: usize,
@@ -92,7 +95,7 @@ async fn run_job(
     bar: &indicatif::ProgressBar,
 ) -> anyhow::Result<u64> {
     let codec = common.codec;
-    let mut conn = Conn::open(&target.ws, codec, None)
+    let mut conn = Conn::open(target.endpoint(j), codec, None)
         .await
         .with_context(|| format!("seeder {}", job.sender))?;
     conn.login(&job.sender, &job.token, "seeder", Platform::Linux)

@@ -7,8 +7,16 @@ pub enum StoreErrorKind {
     UserNotFound,
     /// The addressed conversation does not exist for this user.
     ConversationNotFound,
-    /// A unique key is taken.
+    /// A unique key is taken, or a guarded write found a newer version.
     Conflict,
+    /// The addressed group does not exist.
+    GroupNotFound,
+    /// A user named as a member is not one.
+    NotMember,
+    /// The group would exceed its maximum membership.
+    GroupFull,
+    /// A user to be added is on the group's block list.
+    Blocked,
     /// The store is closed or its backend is unreachable; retrying later may work.
     Unavailable,
     /// Anything else: a bug or corrupted data.

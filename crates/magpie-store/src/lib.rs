@@ -8,6 +8,7 @@
 //! # Layout
 //!
 //! - [`Store`]: the async interface the server uses. Writes resolve only once committed.
+//! - [`groups`]: the group part of the interface ([`GroupStore`]), guarded by group versions.
 //! - [`sqlite`]: the embedded default backend (WAL, group commit on one writer thread).
 //! - `postgres` (feature `postgres`): the shared backend for a cluster of servers.
 //! - `testsuite` (feature `testsuite`): one conformance suite, instantiated per backend.
@@ -21,6 +22,7 @@ use magpie_proto::{ConversationId, ConversationState, Message, Millis, UserId};
 use serde_json::{Map, Value};
 
 mod error;
+pub mod groups;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod sqlite;
@@ -28,6 +30,10 @@ pub mod sqlite;
 pub mod testsuite;
 
 pub use error::{StoreError, StoreErrorKind};
+pub use groups::{
+    ApplicationFilter, GroupInfoUpdate, GroupRecord, GroupStore, GroupWrite, MemberUpdate,
+    NewApplication, NewGroup,
+};
 
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -156,7 +162,7 @@ impl CommitObserver for NoObserver {
 
 /// The storage interface. Every write method returns only after its write is committed.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: GroupStore + Send + Sync + 'static {
     /// Creates a user; `Conflict` if the id is taken.
     async fn create_user(&self, user: NewUser) -> StoreResult<User>;
     /// Reads a user.

@@ -11,11 +11,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use magpie_proto::frame::Direction;
+use magpie_proto::group::{
+    ApplicationKind, ApplicationState, GroupApplication, GroupId, GroupMember, GroupOptions,
+    GroupRole, JoinPolicy,
+};
 use magpie_proto::message::Peer;
 use magpie_proto::rest::UpdateUser;
 use magpie_proto::{ConversationId, Message, MessageContent, MessageId, UserId};
-use serde_json::json;
+use serde_json::{Map, json};
 
+use crate::groups::{
+    ApplicationFilter, GroupInfoUpdate, GroupRecord, GroupStore, GroupWrite, MemberUpdate,
+    NewApplication, NewGroup,
+};
 use crate::{Anchor, MAX_NODE_ID, MessageQuery, NewMessage, NewUser, Store, StoreErrorKind};
 
 /// A way to get fresh stores of one backend.
@@ -57,6 +65,18 @@ macro_rules! store_test_suite {
             an_expired_node_lease_goes_to_the_next_claimer,
             a_released_node_id_is_reused,
             claims_fail_once_every_node_id_is_leased,
+            groups_are_created_and_updated_under_versions,
+            adding_members_stops_at_max_members,
+            blocked_users_cannot_join_until_the_block_expires,
+            the_owner_cannot_be_removed_blocked_or_demoted,
+            roles_ownership_and_member_updates,
+            members_page_by_user_id_and_role,
+            joined_groups_and_the_directory_page_by_id,
+            group_attributes_compare_and_set_and_counters,
+            applications_are_deduped_handled_once_and_listed,
+            destroying_a_group_removes_everything_and_frees_its_id,
+            member_count_stays_exact_under_concurrent_adds,
+            group_writes_do_not_disturb_batched_appends,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {
@@ -942,4 +962,1151 @@ pub async fn claims_fail_once_every_node_id_is_leased<B: Backend>(b: &B) {
     assert_eq!(err.kind(), StoreErrorKind::Unavailable);
     store.release_node_id(700, &holders[&700]).await.unwrap();
     assert_eq!(store.claim_node_id("late", LONG_LEASE).await.unwrap(), 700);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Groups
+
+fn gid(s: &str) -> GroupId {
+    GroupId::new(s).unwrap()
+}
+
+fn member(user: &str, role: GroupRole, now: i64) -> GroupMember {
+    GroupMember {
+        user_id: uid(user),
+        role,
+        joined_at: now,
+        nickname: None,
+        attributes: Map::new(),
+        muted_until: None,
+        allowed_when_all_muted: false,
+    }
+}
+
+fn members(users: &[&str], now: i64) -> Vec<GroupMember> {
+    users
+        .iter()
+        .map(|u| member(u, GroupRole::Member, now))
+        .collect()
+}
+
+fn new_group(id: &str, owner: &str, others: &[&str], options: GroupOptions) -> NewGroup {
+    let mut first = vec![member(owner, GroupRole::Owner, 10)];
+    first.extend(members(others, 10));
+    NewGroup {
+        group_id: gid(id),
+        name: format!("Group {id}"),
+        avatar_url: None,
+        introduction: None,
+        ext: None,
+        options,
+        owner: uid(owner),
+        members: first,
+    }
+}
+
+fn object(value: serde_json::Value) -> Map<String, serde_json::Value> {
+    value.as_object().unwrap().clone()
+}
+
+fn user_ids(members: &[GroupMember]) -> Vec<String> {
+    members.iter().map(|m| m.user_id.to_string()).collect()
+}
+
+fn group_ids(groups: &[GroupRecord]) -> Vec<String> {
+    groups.iter().map(|g| g.info.group_id.to_string()).collect()
+}
+
+async fn write<S: Store>(store: &S, group: &str, write: GroupWrite) -> GroupRecord {
+    store
+        .write_group(&gid(group), None, write, 100)
+        .await
+        .unwrap()
+}
+
+async fn refused<S: Store>(store: &S, group: &str, write: GroupWrite) -> StoreErrorKind {
+    store
+        .write_group(&gid(group), None, write, 100)
+        .await
+        .unwrap_err()
+        .kind()
+}
+
+async fn count_members<S: Store>(store: &S, group: &str) -> usize {
+    store
+        .group_members(&gid(group), None, None, 10_000)
+        .await
+        .unwrap()
+        .len()
+}
+
+pub async fn groups_are_created_and_updated_under_versions<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob"]).await;
+    let mut group = new_group("g1", "alice", &["bob"], GroupOptions::default());
+    group.introduction = Some("hello".into());
+    group.ext = Some(object(json!({"k": 1})));
+    let created = store.create_group(group.clone(), 50).await.unwrap();
+    assert_eq!(created.info.version, 1);
+    assert_eq!(created.info.member_count, 2);
+    assert_eq!((created.info.created_at, created.info.updated_at), (50, 50));
+    assert_eq!(created.info.owner, uid("alice"));
+    assert_eq!(created.attributes_version, 0);
+    assert!(created.attributes.is_empty() && created.counters.is_empty());
+    assert_eq!(
+        store.get_groups(&[gid("g1")]).await.unwrap(),
+        vec![created.clone()]
+    );
+
+    let again = store.create_group(group.clone(), 60).await.unwrap_err();
+    assert_eq!(again.kind(), StoreErrorKind::Conflict, "the id is taken");
+    let mut unknown = new_group("g2", "alice", &["nobody"], GroupOptions::default());
+    unknown.name = "x".into();
+    let err = store.create_group(unknown, 60).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::UserNotFound);
+    assert!(store.get_groups(&[gid("g2")]).await.unwrap().is_empty());
+
+    let updated = store
+        .write_group(
+            &gid("g1"),
+            Some(1),
+            GroupWrite::UpdateInfo(GroupInfoUpdate {
+                name: Some("Renamed".into()),
+                introduction: Some(None),
+                announcement: Some(Some("news".into())),
+                all_muted: Some(true),
+                options: Some(GroupOptions {
+                    join_policy: JoinPolicy::Open,
+                    ..GroupOptions::default()
+                }),
+                ..GroupInfoUpdate::default()
+            }),
+            70,
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.info.version, 2);
+    assert_eq!(updated.info.updated_at, 70);
+    assert_eq!(updated.info.created_at, 50);
+    assert_eq!(updated.info.name, "Renamed");
+    assert_eq!(updated.info.introduction, None);
+    assert_eq!(updated.info.announcement.as_deref(), Some("news"));
+    assert_eq!(updated.info.ext, group.ext, "absent fields stay");
+    assert!(updated.info.all_muted);
+    assert_eq!(updated.info.options.join_policy, JoinPolicy::Open);
+
+    let stale = store
+        .write_group(
+            &gid("g1"),
+            Some(1),
+            GroupWrite::UpdateInfo(GroupInfoUpdate {
+                name: Some("Lost".into()),
+                ..GroupInfoUpdate::default()
+            }),
+            80,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(stale.kind(), StoreErrorKind::Conflict);
+    let missing = store
+        .write_group(
+            &gid("nope"),
+            None,
+            GroupWrite::UpdateInfo(GroupInfoUpdate::default()),
+            80,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind(), StoreErrorKind::GroupNotFound);
+    let stored = store.get_groups(&[gid("nope"), gid("g1")]).await.unwrap();
+    assert_eq!(stored, vec![updated], "refused writes change nothing");
+
+    // Every write bumps the version by one, even one that changes nothing else.
+    let noop = write(&store, "g1", GroupWrite::RemoveMembers(vec![uid("carol")])).await;
+    assert_eq!(noop.info.version, 3);
+    assert_eq!(noop.info.member_count, 2);
+}
+
+pub async fn adding_members_stops_at_max_members<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["o", "a", "b", "c", "d", "e"]).await;
+    let options = GroupOptions {
+        max_members: 4,
+        ..GroupOptions::default()
+    };
+    store
+        .create_group(new_group("g", "o", &["a"], options.clone()), 1)
+        .await
+        .unwrap();
+    // Existing members are skipped, duplicates count once.
+    let added = write(
+        &store,
+        "g",
+        GroupWrite::AddMembers(members(&["a", "b", "b", "c"], 5)),
+    )
+    .await;
+    assert_eq!(added.info.member_count, 4);
+    assert_eq!(count_members(&store, "g").await, 4);
+    let full = refused(&store, "g", GroupWrite::AddMembers(members(&["d"], 6))).await;
+    assert_eq!(full, StoreErrorKind::GroupFull);
+    let again = write(&store, "g", GroupWrite::AddMembers(members(&["a"], 6))).await;
+    assert_eq!(
+        again.info.member_count, 4,
+        "re-adding a member is not growth"
+    );
+    write(&store, "g", GroupWrite::RemoveMembers(vec![uid("c")])).await;
+    // The whole write is refused: nobody of it joins.
+    let full = refused(&store, "g", GroupWrite::AddMembers(members(&["d", "e"], 7))).await;
+    assert_eq!(full, StoreErrorKind::GroupFull);
+    let unknown = refused(
+        &store,
+        "g",
+        GroupWrite::AddMembers(members(&["d", "ghost"], 7)),
+    )
+    .await;
+    assert_eq!(unknown, StoreErrorKind::UserNotFound);
+    store.delete_user(&uid("e")).await.unwrap();
+    let deleted = refused(&store, "g", GroupWrite::AddMembers(members(&["e"], 7))).await;
+    assert_eq!(
+        deleted,
+        StoreErrorKind::UserNotFound,
+        "a deleted user is gone"
+    );
+    let record = write(&store, "g", GroupWrite::AddMembers(members(&["d"], 8))).await;
+    assert_eq!(record.info.member_count, 4);
+    assert_eq!(
+        user_ids(
+            &store
+                .group_members(&gid("g"), None, None, 10)
+                .await
+                .unwrap()
+        ),
+        ["a", "b", "d", "o"]
+    );
+    let too_many = store
+        .create_group(new_group("g2", "o", &["a", "b", "c", "d"], options), 1)
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.kind(), StoreErrorKind::GroupFull);
+    let missing = store
+        .write_group(
+            &gid("none"),
+            None,
+            GroupWrite::AddMembers(members(&["a"], 1)),
+            1,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind(), StoreErrorKind::GroupNotFound);
+}
+
+pub async fn blocked_users_cannot_join_until_the_block_expires<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["o", "a", "b", "c"]).await;
+    store
+        .create_group(new_group("g", "o", &["a", "b"], GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    // Blocking a member removes them.
+    let blocked = store
+        .write_group(
+            &gid("g"),
+            None,
+            GroupWrite::Block {
+                user_ids: vec![uid("a"), uid("c")],
+                until: Some(1_000),
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(blocked.info.member_count, 2);
+    assert_eq!(
+        user_ids(
+            &store
+                .group_members(&gid("g"), None, None, 10)
+                .await
+                .unwrap()
+        ),
+        ["b", "o"]
+    );
+    assert_eq!(
+        store.group_block(&gid("g"), &uid("a"), 500).await.unwrap(),
+        Some(Some(1_000))
+    );
+    assert_eq!(
+        store.group_block(&gid("g"), &uid("b"), 500).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .group_block(&gid("g"), &uid("a"), 1_000)
+            .await
+            .unwrap(),
+        None,
+        "a block ends at its time"
+    );
+    let g = gid("g");
+    let add_a =
+        |now| store.write_group(&g, None, GroupWrite::AddMembers(members(&["a"], now)), now);
+    assert_eq!(
+        add_a(999).await.unwrap_err().kind(),
+        StoreErrorKind::Blocked
+    );
+    assert_eq!(count_members(&store, "g").await, 2);
+    assert_eq!(add_a(1_000).await.unwrap().info.member_count, 3);
+
+    // Indefinite blocks, the list, and unblocking.
+    store
+        .write_group(
+            &gid("g"),
+            None,
+            GroupWrite::Block {
+                user_ids: vec![uid("b")],
+                until: None,
+            },
+            2_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .group_block(&gid("g"), &uid("b"), i64::MAX)
+            .await
+            .unwrap(),
+        Some(None)
+    );
+    assert_eq!(
+        store.group_blocks(&gid("g"), 500, None, 10).await.unwrap(),
+        vec![
+            (uid("a"), Some(1_000)),
+            (uid("b"), None),
+            (uid("c"), Some(1_000))
+        ]
+    );
+    assert_eq!(
+        store
+            .group_blocks(&gid("g"), 2_000, None, 10)
+            .await
+            .unwrap(),
+        vec![(uid("b"), None)],
+        "expired entries are left out"
+    );
+    assert_eq!(
+        store
+            .group_blocks(&gid("g"), 500, Some(&uid("a")), 1)
+            .await
+            .unwrap(),
+        vec![(uid("b"), None)]
+    );
+    let refused_b = refused(&store, "g", GroupWrite::AddMembers(members(&["b"], 3_000))).await;
+    assert_eq!(refused_b, StoreErrorKind::Blocked);
+    write(&store, "g", GroupWrite::Unblock(vec![uid("b")])).await;
+    assert_eq!(
+        store
+            .group_block(&gid("g"), &uid("b"), 3_000)
+            .await
+            .unwrap(),
+        None
+    );
+    let record = write(&store, "g", GroupWrite::AddMembers(members(&["b"], 3_000))).await;
+    assert_eq!(record.info.member_count, 3);
+}
+
+pub async fn the_owner_cannot_be_removed_blocked_or_demoted<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["o", "a", "b", "zed"]).await;
+    let created = store
+        .create_group(new_group("g", "o", &["a", "b"], GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    for w in [
+        GroupWrite::RemoveMembers(vec![uid("a"), uid("o")]),
+        GroupWrite::Block {
+            user_ids: vec![uid("o")],
+            until: None,
+        },
+        GroupWrite::SetRole {
+            user_ids: vec![uid("o")],
+            role: GroupRole::Member,
+        },
+        GroupWrite::SetRole {
+            user_ids: vec![uid("a")],
+            role: GroupRole::Owner,
+        },
+        GroupWrite::AddMembers(vec![member("zed", GroupRole::Owner, 1)]),
+    ] {
+        let kind = refused(&store, "g", w.clone()).await;
+        assert_eq!(kind, StoreErrorKind::Conflict, "{w:?}");
+    }
+    assert_eq!(
+        store.get_groups(&[gid("g")]).await.unwrap(),
+        vec![created],
+        "nothing changed"
+    );
+    assert_eq!(count_members(&store, "g").await, 3);
+    let kicked = write(
+        &store,
+        "g",
+        GroupWrite::RemoveMembers(vec![uid("a"), uid("x")]),
+    )
+    .await;
+    assert_eq!(kicked.info.member_count, 2);
+}
+
+pub async fn roles_ownership_and_member_updates<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["o", "a", "b", "c"]).await;
+    store
+        .create_group(new_group("g", "o", &["a", "b"], GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    write(
+        &store,
+        "g",
+        GroupWrite::SetRole {
+            user_ids: vec![uid("a"), uid("b")],
+            role: GroupRole::Admin,
+        },
+    )
+    .await;
+    let not_member = refused(
+        &store,
+        "g",
+        GroupWrite::SetRole {
+            user_ids: vec![uid("a"), uid("c")],
+            role: GroupRole::Member,
+        },
+    )
+    .await;
+    assert_eq!(not_member, StoreErrorKind::NotMember);
+    let roles = store
+        .group_members_by_id(&gid("g"), &[uid("b"), uid("c"), uid("a"), uid("o")])
+        .await
+        .unwrap();
+    assert_eq!(user_ids(&roles), ["b", "a", "o"], "in the order asked");
+    assert_eq!(
+        roles.iter().map(|m| m.role).collect::<Vec<_>>(),
+        [GroupRole::Admin, GroupRole::Admin, GroupRole::Owner],
+        "a refused SetRole changed nobody"
+    );
+
+    let to_c = refused(&store, "g", GroupWrite::TransferOwner { to: uid("c") }).await;
+    assert_eq!(to_c, StoreErrorKind::NotMember);
+    let transferred = write(&store, "g", GroupWrite::TransferOwner { to: uid("b") }).await;
+    assert_eq!(transferred.info.owner, uid("b"));
+    let roles = store
+        .group_members_by_id(&gid("g"), &[uid("o"), uid("b")])
+        .await
+        .unwrap();
+    assert_eq!(
+        roles.iter().map(|m| m.role).collect::<Vec<_>>(),
+        [GroupRole::Admin, GroupRole::Owner]
+    );
+    // The old owner may now leave; the new one may not.
+    write(&store, "g", GroupWrite::RemoveMembers(vec![uid("o")])).await;
+    let kind = refused(&store, "g", GroupWrite::RemoveMembers(vec![uid("b")])).await;
+    assert_eq!(kind, StoreErrorKind::Conflict);
+
+    // Member updates: nickname, attributes merged (null deletes), mute, allow list.
+    write(
+        &store,
+        "g",
+        GroupWrite::UpdateMembers {
+            user_ids: vec![uid("a")],
+            update: MemberUpdate {
+                nickname: Some(Some("Ay".into())),
+                attributes: Some(object(json!({"x": 1, "y": "two"}))),
+                muted_until: Some(Some(5_000)),
+                allowed_when_all_muted: Some(true),
+            },
+        },
+    )
+    .await;
+    write(
+        &store,
+        "g",
+        GroupWrite::UpdateMembers {
+            user_ids: vec![uid("a")],
+            update: MemberUpdate {
+                attributes: Some(object(json!({"x": null, "z": [1]}))),
+                muted_until: Some(None),
+                ..MemberUpdate::default()
+            },
+        },
+    )
+    .await;
+    let a = &store
+        .group_members_by_id(&gid("g"), &[uid("a")])
+        .await
+        .unwrap()[0];
+    assert_eq!(a.nickname.as_deref(), Some("Ay"));
+    assert_eq!(a.attributes, object(json!({"y": "two", "z": [1]})));
+    assert_eq!(a.muted_until, None);
+    assert!(a.allowed_when_all_muted);
+    assert_eq!(a.role, GroupRole::Admin);
+    assert_eq!(a.joined_at, 10);
+    let kind = refused(
+        &store,
+        "g",
+        GroupWrite::UpdateMembers {
+            user_ids: vec![uid("a"), uid("o")],
+            update: MemberUpdate {
+                nickname: Some(None),
+                ..MemberUpdate::default()
+            },
+        },
+    )
+    .await;
+    assert_eq!(kind, StoreErrorKind::NotMember);
+    let a = &store
+        .group_members_by_id(&gid("g"), &[uid("a")])
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        a.nickname.as_deref(),
+        Some("Ay"),
+        "a refused update changed nobody"
+    );
+}
+
+pub async fn members_page_by_user_id_and_role<B: Backend>(b: &B) {
+    let store = b.open().await;
+    let users: Vec<String> = (0..25).map(|i| format!("u{i:02}")).collect();
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    create_users(&store, &refs).await;
+    store
+        .create_group(new_group("g", "u13", &refs, GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    let admins: Vec<UserId> = ["u03", "u07", "u20"].iter().map(|u| uid(u)).collect();
+    write(
+        &store,
+        "g",
+        GroupWrite::SetRole {
+            user_ids: admins.clone(),
+            role: GroupRole::Admin,
+        },
+    )
+    .await;
+    let mut all = Vec::new();
+    let mut after: Option<UserId> = None;
+    loop {
+        let page = store
+            .group_members(&gid("g"), None, after.as_ref(), 10)
+            .await
+            .unwrap();
+        assert!(page.len() <= 10);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|m| m.user_id.clone());
+        all.extend(page);
+    }
+    assert_eq!(user_ids(&all), users, "every member once, by user id");
+    let admin_page = store
+        .group_members(&gid("g"), Some(GroupRole::Admin), None, 2)
+        .await
+        .unwrap();
+    assert_eq!(user_ids(&admin_page), ["u03", "u07"]);
+    let rest = store
+        .group_members(&gid("g"), Some(GroupRole::Admin), Some(&uid("u07")), 2)
+        .await
+        .unwrap();
+    assert_eq!(user_ids(&rest), ["u20"]);
+    let owner = store
+        .group_members(&gid("g"), Some(GroupRole::Owner), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(user_ids(&owner), ["u13"]);
+    let plain = store
+        .group_members(&gid("g"), Some(GroupRole::Member), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(plain.len(), 21);
+    assert!(
+        store
+            .group_members(&gid("none"), None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn joined_groups_and_the_directory_page_by_id<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob"]).await;
+    let policies = [
+        ("cats", "Cat Lovers", JoinPolicy::Open),
+        ("dogs", "DOG people", JoinPolicy::Approval),
+        ("secret-cats", "Hidden", JoinPolicy::InviteOnly),
+        ("birds", "Birdwatch", JoinPolicy::Open),
+        ("catalog", "Index", JoinPolicy::Approval),
+    ];
+    for (id, name, policy) in policies {
+        let mut group = new_group(
+            id,
+            "alice",
+            &[],
+            GroupOptions {
+                join_policy: policy,
+                ..GroupOptions::default()
+            },
+        );
+        group.name = name.into();
+        store.create_group(group, 1).await.unwrap();
+    }
+    for id in ["dogs", "secret-cats", "birds"] {
+        write(&store, id, GroupWrite::AddMembers(members(&["bob"], 2))).await;
+    }
+    let joined = store.joined_groups(&uid("bob"), None, 2).await.unwrap();
+    assert_eq!(group_ids(&joined), ["birds", "dogs"]);
+    assert_eq!(joined[1].info.member_count, 2);
+    let more = store
+        .joined_groups(&uid("bob"), Some(&gid("dogs")), 2)
+        .await
+        .unwrap();
+    assert_eq!(group_ids(&more), ["secret-cats"]);
+    assert_eq!(
+        store
+            .joined_groups(&uid("alice"), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+
+    let directory = store.public_groups(None, None, 3).await.unwrap();
+    assert_eq!(group_ids(&directory), ["birds", "catalog", "cats"]);
+    let rest = store
+        .public_groups(None, Some(&gid("cats")), 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        group_ids(&rest),
+        ["dogs"],
+        "invite-only groups are not listed"
+    );
+    let cats = store.public_groups(Some("CAT"), None, 10).await.unwrap();
+    assert_eq!(
+        group_ids(&cats),
+        ["catalog", "cats"],
+        "id or name, any case"
+    );
+    let people = store.public_groups(Some("people"), None, 10).await.unwrap();
+    assert_eq!(group_ids(&people), ["dogs"]);
+    let cats_after = store
+        .public_groups(Some("cat"), Some(&gid("catalog")), 10)
+        .await
+        .unwrap();
+    assert_eq!(group_ids(&cats_after), ["cats"]);
+    let wildcard = store.public_groups(Some("%"), None, 10).await.unwrap();
+    assert!(wildcard.is_empty(), "the query is literal");
+}
+
+pub async fn group_attributes_compare_and_set_and_counters<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["o"]).await;
+    store
+        .create_group(new_group("g", "o", &[], GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    let set = |set: serde_json::Value, delete: &[&str], expected| GroupWrite::SetAttributes {
+        set: object(set),
+        delete: delete.iter().map(|k| (*k).to_owned()).collect(),
+        expected_attributes_version: expected,
+    };
+    let first = write(
+        &store,
+        "g",
+        set(json!({"a": 1, "b": {"c": true}}), &[], Some(0)),
+    )
+    .await;
+    assert_eq!(first.attributes_version, 1);
+    assert_eq!(first.info.version, 2);
+    assert_eq!(first.attributes, object(json!({"a": 1, "b": {"c": true}})));
+    let stale = refused(&store, "g", set(json!({"a": 2}), &[], Some(0))).await;
+    assert_eq!(stale, StoreErrorKind::Conflict);
+    let second = write(
+        &store,
+        "g",
+        set(json!({"c": "x", "d": null}), &["a", "missing"], Some(1)),
+    )
+    .await;
+    assert_eq!(second.attributes_version, 2);
+    assert_eq!(
+        second.attributes,
+        object(json!({"b": {"c": true}, "c": "x"}))
+    );
+    let unguarded = write(&store, "g", set(json!({"b": null}), &[], None)).await;
+    assert_eq!(unguarded.attributes_version, 3);
+    assert_eq!(unguarded.attributes, object(json!({"c": "x"})));
+
+    let counter = |key: &str, delta| GroupWrite::IncrementCounter {
+        key: key.into(),
+        delta,
+    };
+    write(&store, "g", counter("likes", 5)).await;
+    write(&store, "g", counter("likes", -7)).await;
+    let counted = write(&store, "g", counter("views", 1)).await;
+    assert_eq!(counted.counters, object(json!({"likes": -2, "views": 1})));
+    write(&store, "g", counter("big", i64::MAX)).await;
+    let overflow = refused(&store, "g", counter("big", 1)).await;
+    assert_eq!(overflow, StoreErrorKind::Conflict);
+    let stored = &store.get_groups(&[gid("g")]).await.unwrap()[0];
+    assert_eq!(
+        stored.counters,
+        object(json!({"likes": -2, "views": 1, "big": i64::MAX}))
+    );
+    assert_eq!(stored.attributes, object(json!({"c": "x"})));
+    assert_eq!(
+        stored.attributes_version, 3,
+        "counters leave the attributes alone"
+    );
+    assert_eq!(stored.info.version, 8);
+}
+
+pub async fn applications_are_deduped_handled_once_and_listed<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["o", "a", "b", "c"]).await;
+    for id in ["g1", "g2", "g3"] {
+        store
+            .create_group(new_group(id, "o", &[], GroupOptions::default()), 1)
+            .await
+            .unwrap();
+    }
+    let apply = |group: &str, kind, from: &str, user: &str, message: &str, now| NewApplication {
+        group_id: gid(group),
+        kind,
+        from: uid(from),
+        user_id: uid(user),
+        message: Some(message.into()),
+        now,
+    };
+    let join_a = store
+        .create_application(apply(
+            "g1",
+            ApplicationKind::Join,
+            "a",
+            "a",
+            "let me in",
+            10,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(join_a.state, ApplicationState::Pending);
+    assert_eq!(join_a.created_at, 10);
+    let repeat = store
+        .create_application(apply("g1", ApplicationKind::Join, "a", "a", "please", 11))
+        .await
+        .unwrap();
+    assert_eq!(
+        repeat, join_a,
+        "the pending one is returned, message and all"
+    );
+    assert_eq!(
+        store.get_application(&join_a.application_id).await.unwrap(),
+        Some(join_a.clone())
+    );
+    assert_eq!(store.get_application("999999").await.unwrap(), None);
+    assert_eq!(store.get_application("x").await.unwrap(), None);
+    let missing = store
+        .create_application(apply("nope", ApplicationKind::Join, "a", "a", "", 12))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind(), StoreErrorKind::GroupNotFound);
+    let ghost = store
+        .create_application(apply("g1", ApplicationKind::Join, "ghost", "ghost", "", 12))
+        .await
+        .unwrap_err();
+    assert_eq!(ghost.kind(), StoreErrorKind::UserNotFound);
+
+    // An invitation of the same user is another kind: not a repeat.
+    let invite_a = store
+        .create_application(apply(
+            "g1",
+            ApplicationKind::Invite,
+            "o",
+            "a",
+            "join us",
+            13,
+        ))
+        .await
+        .unwrap();
+    assert_ne!(invite_a.application_id, join_a.application_id);
+
+    let handled = store
+        .handle_application(
+            &join_a.application_id,
+            true,
+            Some(&uid("o")),
+            Some("ok".into()),
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(handled.state, ApplicationState::Accepted);
+    assert_eq!(handled.handled_by, Some(uid("o")));
+    assert_eq!(handled.reason.as_deref(), Some("ok"));
+    assert_eq!(handled.handled_at, Some(20));
+    assert_eq!(handled.message.as_deref(), Some("let me in"));
+    assert_eq!(
+        store.get_application(&join_a.application_id).await.unwrap(),
+        Some(handled.clone())
+    );
+    let twice = store
+        .handle_application(&join_a.application_id, false, None, None, 21)
+        .await
+        .unwrap_err();
+    assert_eq!(twice.kind(), StoreErrorKind::Conflict);
+    let unknown = store
+        .handle_application("424242", false, None, None, 21)
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.kind(), StoreErrorKind::Conflict);
+    // Once decided, a new application may be made.
+    let join_a2 = store
+        .create_application(apply("g1", ApplicationKind::Join, "a", "a", "again", 22))
+        .await
+        .unwrap();
+    assert_ne!(join_a2.application_id, join_a.application_id);
+    let declined = store
+        .handle_application(&join_a2.application_id, false, None, None, 23)
+        .await
+        .unwrap();
+    assert_eq!(declined.state, ApplicationState::Declined);
+    assert_eq!(declined.handled_by, None);
+
+    let join_b2 = store
+        .create_application(apply("g2", ApplicationKind::Join, "b", "b", "b2", 30))
+        .await
+        .unwrap();
+    let join_b3 = store
+        .create_application(apply("g3", ApplicationKind::Join, "b", "b", "b3", 31))
+        .await
+        .unwrap();
+    let invite_c = store
+        .create_application(apply("g2", ApplicationKind::Invite, "a", "c", "c2", 32))
+        .await
+        .unwrap();
+    let join_c1 = store
+        .create_application(apply("g1", ApplicationKind::Join, "c", "c", "c1", 33))
+        .await
+        .unwrap();
+    let ids = |apps: Vec<GroupApplication>| -> Vec<String> {
+        apps.into_iter().map(|a| a.application_id).collect()
+    };
+    let id_numbers: Vec<u64> = [
+        &join_a, &invite_a, &join_a2, &join_b2, &join_b3, &invite_c, &join_c1,
+    ]
+    .iter()
+    .map(|a| a.application_id.parse().unwrap())
+    .collect();
+    assert!(id_numbers.windows(2).all(|w| w[0] < w[1]), "ids grow");
+
+    // Joins to the groups a manager manages, newest first, paged.
+    let to_g1_g2 = ApplicationFilter::JoinsTo(vec![gid("g1"), gid("g2")]);
+    let page = store
+        .list_applications(to_g1_g2.clone(), None, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(page.clone()),
+        [
+            join_c1.application_id.clone(),
+            join_b2.application_id.clone()
+        ]
+    );
+    let next = store
+        .list_applications(to_g1_g2.clone(), Some(&page[1].application_id), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(next),
+        [
+            join_a2.application_id.clone(),
+            join_a.application_id.clone()
+        ]
+    );
+    assert!(
+        store
+            .list_applications(ApplicationFilter::JoinsTo(vec![]), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Invitations addressed to a user.
+    let for_a = store
+        .list_applications(ApplicationFilter::InvitationsFor(uid("a")), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(ids(for_a), vec![invite_a.application_id.clone()]);
+    // What a user sent: their join applications and the invitations they made.
+    let by_a = store
+        .list_applications(ApplicationFilter::SentBy(uid("a")), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(by_a),
+        [
+            invite_c.application_id.clone(),
+            join_a2.application_id.clone(),
+            join_a.application_id.clone()
+        ]
+    );
+    let by_a_older = store
+        .list_applications(
+            ApplicationFilter::SentBy(uid("a")),
+            Some(&invite_c.application_id),
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(by_a_older), vec![join_a2.application_id.clone()]);
+    let by_b = store
+        .list_applications(ApplicationFilter::SentBy(uid("b")), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(by_b, vec![join_b3, join_b2]);
+}
+
+pub async fn destroying_a_group_removes_everything_and_frees_its_id<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["o", "a", "b", "c"]).await;
+    store
+        .create_group(new_group("g", "o", &["a"], GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    write(
+        &store,
+        "g",
+        GroupWrite::Block {
+            user_ids: vec![uid("b")],
+            until: None,
+        },
+    )
+    .await;
+    write(
+        &store,
+        "g",
+        GroupWrite::SetAttributes {
+            set: object(json!({"k": 1})),
+            delete: vec![],
+            expected_attributes_version: None,
+        },
+    )
+    .await;
+    let pending = store
+        .create_application(NewApplication {
+            group_id: gid("g"),
+            kind: ApplicationKind::Join,
+            from: uid("c"),
+            user_id: uid("c"),
+            message: None,
+            now: 5,
+        })
+        .await
+        .unwrap();
+    let stale = store
+        .write_group(&gid("g"), Some(1), GroupWrite::Destroy, 100)
+        .await
+        .unwrap_err();
+    assert_eq!(stale.kind(), StoreErrorKind::Conflict);
+    let destroyed = store
+        .write_group(&gid("g"), Some(3), GroupWrite::Destroy, 100)
+        .await
+        .unwrap();
+    assert_eq!(destroyed.info.version, 4);
+    assert!(store.get_groups(&[gid("g")]).await.unwrap().is_empty());
+    assert_eq!(count_members(&store, "g").await, 0);
+    assert!(
+        store
+            .joined_groups(&uid("a"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .public_groups(None, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.group_block(&gid("g"), &uid("b"), 0).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .get_application(&pending.application_id)
+            .await
+            .unwrap(),
+        None
+    );
+    let gone = store
+        .write_group(&gid("g"), None, GroupWrite::Destroy, 101)
+        .await
+        .unwrap_err();
+    assert_eq!(gone.kind(), StoreErrorKind::GroupNotFound);
+
+    // The id is free again: a new group starts from scratch.
+    let reborn = store
+        .create_group(new_group("g", "b", &["c"], GroupOptions::default()), 200)
+        .await
+        .unwrap();
+    assert_eq!(reborn.info.version, 1);
+    assert_eq!(reborn.info.member_count, 2);
+    assert!(reborn.attributes.is_empty());
+    assert_eq!(
+        user_ids(
+            &store
+                .group_members(&gid("g"), None, None, 10)
+                .await
+                .unwrap()
+        ),
+        ["b", "c"]
+    );
+    let fresh = store
+        .create_application(NewApplication {
+            group_id: gid("g"),
+            kind: ApplicationKind::Join,
+            from: uid("c"),
+            user_id: uid("c"),
+            message: None,
+            now: 201,
+        })
+        .await
+        .unwrap();
+    assert_ne!(
+        fresh.application_id, pending.application_id,
+        "application ids are never reused"
+    );
+}
+
+pub async fn member_count_stays_exact_under_concurrent_adds<B: Backend>(b: &B) {
+    let store = Arc::new(b.open().await);
+    let users: Vec<String> = (0..60).map(|i| format!("m{i:02}")).collect();
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    create_users(store.as_ref(), &refs).await;
+    create_users(store.as_ref(), &["owner"]).await;
+    store
+        .create_group(
+            new_group(
+                "g",
+                "owner",
+                &[],
+                GroupOptions {
+                    max_members: 41,
+                    ..GroupOptions::default()
+                },
+            ),
+            1,
+        )
+        .await
+        .unwrap();
+    // Eight tasks add overlapping sets of users (each user in three tasks' sets) and kick
+    // some; the group fills up to its maximum.
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            let users = users.clone();
+            tokio::spawn(async move {
+                let mut full = 0;
+                for round in 0..10 {
+                    let picked: Vec<&str> = (0..3)
+                        .map(|k| users[(t * 7 + round * 3 + k * 20) % users.len()].as_str())
+                        .collect();
+                    let result = store
+                        .write_group(
+                            &gid("g"),
+                            None,
+                            GroupWrite::AddMembers(members(&picked, 5)),
+                            5,
+                        )
+                        .await;
+                    match result {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == StoreErrorKind::GroupFull => full += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                    if round % 4 == 3 {
+                        store
+                            .write_group(
+                                &gid("g"),
+                                None,
+                                GroupWrite::RemoveMembers(vec![uid(picked[0])]),
+                                6,
+                            )
+                            .await
+                            .unwrap();
+                    }
+                }
+                full
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let record = store.get_groups(&[gid("g")]).await.unwrap().remove(0);
+    let counted = count_members(store.as_ref(), "g").await;
+    assert_eq!(record.info.member_count as usize, counted);
+    assert!(counted <= 41);
+    let adds_and_removes = 8 * 10 + 8 * 2;
+    assert!(
+        record.info.version <= 1 + adds_and_removes,
+        "one version per successful write"
+    );
+}
+
+pub async fn group_writes_do_not_disturb_batched_appends<B: Backend>(b: &B) {
+    let store = Arc::new(b.open().await);
+    create_users(store.as_ref(), &["alice", "bob", "carol"]).await;
+    store
+        .create_group(new_group("g", "alice", &[], GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    // Appends and group writes queued together, some group writes refused: every append
+    // still commits with its seq in call order.
+    let mut appends = Vec::new();
+    let mut writes = Vec::new();
+    for i in 0..50 {
+        appends.push(store.append_message(
+            new_message("alice", "bob", &format!("b-{i}"), "x", 100),
+            None,
+        ));
+        let store = store.clone();
+        writes.push(tokio::spawn(async move {
+            let w = if i % 2 == 0 {
+                GroupWrite::AddMembers(members(&["ghost"], 1))
+            } else {
+                GroupWrite::IncrementCounter {
+                    key: "n".into(),
+                    delta: 1,
+                }
+            };
+            store.write_group(&gid("g"), None, w, 2).await
+        }));
+    }
+    for (i, append) in appends.into_iter().enumerate() {
+        assert_eq!(append.await.unwrap().message.seq, i as u64 + 1);
+    }
+    let mut ok = 0;
+    for w in writes {
+        match w.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.kind(), StoreErrorKind::UserNotFound),
+        }
+    }
+    assert_eq!(ok, 25);
+    let record = store.get_groups(&[gid("g")]).await.unwrap().remove(0);
+    assert_eq!(record.counters, object(json!({"n": 25})));
+    assert_eq!(record.info.version, 26);
+    let state = store
+        .conversation_state(&uid("bob"), &c2c("alice", "bob"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.last_seq, 50);
 }

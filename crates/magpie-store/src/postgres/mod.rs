@@ -16,9 +16,13 @@
 //!   as `Unavailable`, and broken connections are replaced on the next call, so the store
 //!   recovers by itself once the database is back.
 //! - **Node ids**: leases in `node_leases` on the database clock (`users`).
+//! - **Groups** (`groups`): one transaction per write on a pooled connection, locking the
+//!   group row first and then the user rows it checks, by id — the same global order — so
+//!   every node's writes to one group serialize on its row.
 
 mod conn;
 mod error;
+mod groups;
 mod reader;
 mod rows;
 mod schema;
@@ -30,9 +34,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use magpie_proto::group::{GroupApplication, GroupId, GroupMember, GroupRole};
 use magpie_proto::rest::{UpdateUser, User};
 use magpie_proto::{ConversationId, ConversationState, Millis, UserId};
 
+use crate::groups::{
+    ApplicationFilter, GroupRecord, GroupStore, GroupWrite, NewApplication, NewGroup,
+};
 use crate::{
     Appending, CommitObserver, MessagePage, MessageQuery, NewMessage, NewUser, NoObserver,
     OnCommit, ReadOutcome, Store, StoreError, StoreResult, SyncPage, UserRecord,
@@ -146,6 +154,201 @@ impl PgStore {
             return Err(closed());
         }
         Ok(())
+    }
+}
+
+/// Groups run on the pool: one transaction per write, locking the group row first (`groups`).
+#[async_trait]
+impl GroupStore for PgStore {
+    async fn create_group(&self, group: NewGroup, now: Millis) -> StoreResult<GroupRecord> {
+        self.check_open()?;
+        self.pool
+            .run("create_group", move |c| {
+                Box::pin(groups::create_group(c, group, now))
+            })
+            .await
+    }
+
+    async fn write_group(
+        &self,
+        group: &GroupId,
+        expected_version: Option<u64>,
+        write: GroupWrite,
+        now: Millis,
+    ) -> StoreResult<GroupRecord> {
+        self.check_open()?;
+        let group = group.clone();
+        self.pool
+            .run("write_group", move |c| {
+                Box::pin(async move {
+                    groups::write_group(c, &group, expected_version, write, now).await
+                })
+            })
+            .await
+    }
+
+    async fn get_groups(&self, ids: &[GroupId]) -> StoreResult<Vec<GroupRecord>> {
+        self.check_open()?;
+        let ids = ids.to_vec();
+        self.pool
+            .run("get_groups", move |c| {
+                Box::pin(async move { groups::get_groups(c, &ids).await })
+            })
+            .await
+    }
+
+    async fn group_members_by_id(
+        &self,
+        group: &GroupId,
+        users: &[UserId],
+    ) -> StoreResult<Vec<GroupMember>> {
+        self.check_open()?;
+        let (group, users) = (group.clone(), users.to_vec());
+        self.pool
+            .run("group_members_by_id", move |c| {
+                Box::pin(async move { groups::members_by_id(c, &group, &users).await })
+            })
+            .await
+    }
+
+    async fn group_members(
+        &self,
+        group: &GroupId,
+        role: Option<GroupRole>,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> StoreResult<Vec<GroupMember>> {
+        self.check_open()?;
+        let (group, after) = (group.clone(), after.cloned());
+        self.pool
+            .run("group_members", move |c| {
+                Box::pin(async move {
+                    groups::members_page(c, &group, role, after.as_ref(), limit).await
+                })
+            })
+            .await
+    }
+
+    async fn joined_groups(
+        &self,
+        user: &UserId,
+        after: Option<&GroupId>,
+        limit: u32,
+    ) -> StoreResult<Vec<GroupRecord>> {
+        self.check_open()?;
+        let (user, after) = (user.clone(), after.cloned());
+        self.pool
+            .run("joined_groups", move |c| {
+                Box::pin(async move { groups::joined(c, &user, after.as_ref(), limit).await })
+            })
+            .await
+    }
+
+    async fn public_groups(
+        &self,
+        query: Option<&str>,
+        after: Option<&GroupId>,
+        limit: u32,
+    ) -> StoreResult<Vec<GroupRecord>> {
+        self.check_open()?;
+        let (query, after) = (query.map(str::to_owned), after.cloned());
+        self.pool
+            .run("public_groups", move |c| {
+                Box::pin(
+                    async move { groups::public(c, query.as_deref(), after.as_ref(), limit).await },
+                )
+            })
+            .await
+    }
+
+    async fn group_block(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        now: Millis,
+    ) -> StoreResult<Option<Option<Millis>>> {
+        self.check_open()?;
+        let (group, user) = (group.clone(), user.clone());
+        self.pool
+            .run("group_block", move |c| {
+                Box::pin(async move { groups::block(c, &group, &user, now).await })
+            })
+            .await
+    }
+
+    async fn group_blocks(
+        &self,
+        group: &GroupId,
+        now: Millis,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, Option<Millis>)>> {
+        self.check_open()?;
+        let (group, after) = (group.clone(), after.cloned());
+        self.pool
+            .run("group_blocks", move |c| {
+                Box::pin(async move { groups::blocks(c, &group, now, after.as_ref(), limit).await })
+            })
+            .await
+    }
+
+    async fn create_application(
+        &self,
+        application: NewApplication,
+    ) -> StoreResult<GroupApplication> {
+        self.check_open()?;
+        self.pool
+            .run("create_application", move |c| {
+                Box::pin(groups::create_application(c, application))
+            })
+            .await
+    }
+
+    async fn get_application(&self, id: &str) -> StoreResult<Option<GroupApplication>> {
+        self.check_open()?;
+        let id = id.to_owned();
+        self.pool
+            .run("get_application", move |c| {
+                Box::pin(async move { groups::get_application(c, &id).await })
+            })
+            .await
+    }
+
+    async fn handle_application(
+        &self,
+        id: &str,
+        accept: bool,
+        handled_by: Option<&UserId>,
+        reason: Option<String>,
+        now: Millis,
+    ) -> StoreResult<GroupApplication> {
+        self.check_open()?;
+        let (id, handled_by) = (id.to_owned(), handled_by.cloned());
+        self.pool
+            .run("handle_application", move |c| {
+                Box::pin(async move {
+                    groups::handle_application(c, &id, accept, handled_by.as_ref(), reason, now)
+                        .await
+                })
+            })
+            .await
+    }
+
+    async fn list_applications(
+        &self,
+        filter: ApplicationFilter,
+        before: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<GroupApplication>> {
+        self.check_open()?;
+        let before = before.map(str::to_owned);
+        self.pool
+            .run("list_applications", move |c| {
+                Box::pin(async move {
+                    groups::list_applications(c, &filter, before.as_deref(), limit).await
+                })
+            })
+            .await
     }
 }
 

@@ -8,7 +8,10 @@ use super::conn::PgConn;
 use crate::{StoreError, StoreErrorKind, StoreResult};
 
 /// Every migration, in order; `schema_migrations` holds the versions applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_groups.sql"),
+];
 
 /// The advisory lock key of migrations ("magpie" and 0).
 const MIGRATION_LOCK: i64 = 0x6d61_6770_6965_0000;

@@ -347,3 +347,135 @@ async fn nodes_starting_together_migrate_once() {
         .get(0);
     assert_eq!(applied as usize, schema::known());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_keep_member_count_exact_and_dedupe_applications() {
+    use crate::groups::{GroupStore, GroupWrite, NewApplication, NewGroup};
+    use magpie_proto::group::{ApplicationKind, GroupId, GroupMember, GroupOptions, GroupRole};
+
+    let Some(pg) = backend().await else { return };
+    let nodes = [
+        Arc::new(
+            PgStore::connect(&pg.url, PgOptions::default())
+                .await
+                .unwrap(),
+        ),
+        Arc::new(
+            PgStore::connect(&pg.url, PgOptions::default())
+                .await
+                .unwrap(),
+        ),
+    ];
+    let users: Vec<String> = (0..40).map(|i| format!("u{i:02}")).collect();
+    let mut all: Vec<&str> = users.iter().map(String::as_str).collect();
+    all.push("owner");
+    create_users(&nodes[0], &all).await;
+    let group = GroupId::new("shared").unwrap();
+    let member = |user: &str, role| GroupMember {
+        user_id: uid(user),
+        role,
+        joined_at: 1,
+        nickname: None,
+        attributes: serde_json::Map::new(),
+        muted_until: None,
+        allowed_when_all_muted: false,
+    };
+    nodes[0]
+        .create_group(
+            NewGroup {
+                group_id: group.clone(),
+                name: "Shared".into(),
+                avatar_url: None,
+                introduction: None,
+                ext: None,
+                options: GroupOptions {
+                    max_members: 30,
+                    ..GroupOptions::default()
+                },
+                owner: uid("owner"),
+                members: vec![member("owner", GroupRole::Owner)],
+            },
+            1,
+        )
+        .await
+        .unwrap();
+
+    // Both nodes add overlapping users and remove some, at once; plus racing applications
+    // of the same users through both nodes.
+    let mut tasks = Vec::new();
+    for t in 0..6usize {
+        let node = nodes[t % 2].clone();
+        let (users, group) = (users.clone(), group.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            for round in 0..8usize {
+                let picked: Vec<GroupMember> = (0..4)
+                    .map(|k| {
+                        member(
+                            &users[(t * 5 + round * 3 + k * 10) % users.len()],
+                            GroupRole::Member,
+                        )
+                    })
+                    .collect();
+                match node
+                    .write_group(&group, None, GroupWrite::AddMembers(picked.clone()), 2)
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(e) => assert_eq!(e.kind(), StoreErrorKind::GroupFull, "{e}"),
+                }
+                if round % 3 == 2 {
+                    node.write_group(
+                        &group,
+                        None,
+                        GroupWrite::RemoveMembers(vec![picked[0].user_id.clone()]),
+                        3,
+                    )
+                    .await
+                    .unwrap();
+                    ok += 1;
+                }
+                let applied = node
+                    .create_application(NewApplication {
+                        group_id: group.clone(),
+                        kind: ApplicationKind::Join,
+                        from: uid(&users[round]),
+                        user_id: uid(&users[round]),
+                        message: None,
+                        now: 4,
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(applied.user_id, uid(&users[round]));
+            }
+            ok
+        }));
+    }
+    let mut successes = 0;
+    for task in tasks {
+        successes += task.await.unwrap();
+    }
+    for node in &nodes {
+        let record = node
+            .get_groups(std::slice::from_ref(&group))
+            .await
+            .unwrap()
+            .remove(0);
+        let members = node.group_members(&group, None, None, 1_000).await.unwrap();
+        assert_eq!(record.info.member_count as usize, members.len());
+        assert!(members.len() <= 30);
+        assert_eq!(record.info.version, 1 + successes, "one version per write");
+    }
+    // One pending application per user, whichever node took it.
+    let pending = nodes[1]
+        .list_applications(
+            crate::groups::ApplicationFilter::JoinsTo(vec![group.clone()]),
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    let applicants: BTreeSet<String> = pending.iter().map(|a| a.user_id.to_string()).collect();
+    assert_eq!(pending.len(), 8);
+    assert_eq!(applicants.len(), 8);
+}

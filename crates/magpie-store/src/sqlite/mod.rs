@@ -10,8 +10,11 @@
 //! and drops the cache whenever a transaction does not commit.
 //! Reads run on a small pool of read-only connections on the blocking thread pool; WAL mode
 //! lets them proceed while the writer commits.
+//! Group writes (`groups`) are batched with the rest on the same writer thread, and refused
+//! (unknown group, stale version, full group, …) before they modify anything, like the others.
 
 mod checkpoint;
+mod groups;
 mod reader;
 mod rows;
 mod schema;
@@ -23,13 +26,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use magpie_proto::group::{GroupApplication, GroupId, GroupMember, GroupRole};
 use magpie_proto::rest::{UpdateUser, User};
 use magpie_proto::{ConversationId, ConversationState, Millis, UserId};
 
+use crate::groups::{
+    ApplicationFilter, GroupRecord, GroupStore, GroupWrite, NewApplication, NewGroup,
+};
 use crate::{
     Appending, CommitObserver, MessagePage, MessageQuery, NewMessage, NewUser, NoObserver,
     OnCommit, ReadOutcome, Store, StoreError, StoreErrorKind, StoreResult, SyncPage, UserRecord,
 };
+use groups::GroupOp;
 use reader::ReadPool;
 use writer::{EncodedMessage, WriteOp, Writer};
 
@@ -188,6 +196,196 @@ fn open_connection(path: &Path, durability: Durability) -> StoreResult<rusqlite:
     conn.pragma_update(None, "journal_size_limit", checkpoint::RESTART_BYTES as i64)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+#[async_trait]
+impl GroupStore for SqliteStore {
+    async fn create_group(&self, group: NewGroup, now: Millis) -> StoreResult<GroupRecord> {
+        self.check_open()?;
+        self.writer
+            .submit(|reply| WriteOp::Group(GroupOp::Create(Box::new(group), now, reply)))
+            .await
+    }
+
+    async fn write_group(
+        &self,
+        group: &GroupId,
+        expected_version: Option<u64>,
+        write: GroupWrite,
+        now: Millis,
+    ) -> StoreResult<GroupRecord> {
+        self.check_open()?;
+        let group = group.clone();
+        self.writer
+            .submit(|reply| {
+                WriteOp::Group(GroupOp::Write {
+                    group,
+                    expected_version,
+                    write: Box::new(write),
+                    now,
+                    reply,
+                })
+            })
+            .await
+    }
+
+    async fn get_groups(&self, ids: &[GroupId]) -> StoreResult<Vec<GroupRecord>> {
+        self.check_open()?;
+        let ids = ids.to_vec();
+        let rows = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        self.readers
+            .run(rows, move |c| groups::get_groups(c, &ids))
+            .await
+    }
+
+    async fn group_members_by_id(
+        &self,
+        group: &GroupId,
+        users: &[UserId],
+    ) -> StoreResult<Vec<GroupMember>> {
+        self.check_open()?;
+        let (group, users) = (group.clone(), users.to_vec());
+        let rows = u32::try_from(users.len()).unwrap_or(u32::MAX);
+        self.readers
+            .run(rows, move |c| groups::members_by_id(c, &group, &users))
+            .await
+    }
+
+    async fn group_members(
+        &self,
+        group: &GroupId,
+        role: Option<GroupRole>,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> StoreResult<Vec<GroupMember>> {
+        self.check_open()?;
+        let (group, after) = (group.clone(), after.cloned());
+        self.readers
+            .run(limit, move |c| {
+                groups::members_page(c, &group, role, after.as_ref(), limit)
+            })
+            .await
+    }
+
+    async fn joined_groups(
+        &self,
+        user: &UserId,
+        after: Option<&GroupId>,
+        limit: u32,
+    ) -> StoreResult<Vec<GroupRecord>> {
+        self.check_open()?;
+        let (user, after) = (user.clone(), after.cloned());
+        self.readers
+            .run(limit, move |c| {
+                groups::joined(c, &user, after.as_ref(), limit)
+            })
+            .await
+    }
+
+    async fn public_groups(
+        &self,
+        query: Option<&str>,
+        after: Option<&GroupId>,
+        limit: u32,
+    ) -> StoreResult<Vec<GroupRecord>> {
+        self.check_open()?;
+        let (query, after) = (query.map(str::to_owned), after.cloned());
+        // A search may scan the whole directory: never on the calling task.
+        let rows = if query.is_some() { u32::MAX } else { limit };
+        self.readers
+            .run(rows, move |c| {
+                groups::public(c, query.as_deref(), after.as_ref(), limit)
+            })
+            .await
+    }
+
+    async fn group_block(
+        &self,
+        group: &GroupId,
+        user: &UserId,
+        now: Millis,
+    ) -> StoreResult<Option<Option<Millis>>> {
+        self.check_open()?;
+        let (group, user) = (group.clone(), user.clone());
+        self.readers
+            .run(1, move |c| groups::block(c, &group, &user, now))
+            .await
+    }
+
+    async fn group_blocks(
+        &self,
+        group: &GroupId,
+        now: Millis,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> StoreResult<Vec<(UserId, Option<Millis>)>> {
+        self.check_open()?;
+        let (group, after) = (group.clone(), after.cloned());
+        self.readers
+            .run(limit, move |c| {
+                groups::blocks(c, &group, now, after.as_ref(), limit)
+            })
+            .await
+    }
+
+    async fn create_application(
+        &self,
+        application: NewApplication,
+    ) -> StoreResult<GroupApplication> {
+        self.check_open()?;
+        self.writer
+            .submit(|reply| {
+                WriteOp::Group(GroupOp::CreateApplication(Box::new(application), reply))
+            })
+            .await
+    }
+
+    async fn get_application(&self, id: &str) -> StoreResult<Option<GroupApplication>> {
+        self.check_open()?;
+        let id = id.to_owned();
+        self.readers
+            .run(1, move |c| groups::get_application(c, &id))
+            .await
+    }
+
+    async fn handle_application(
+        &self,
+        id: &str,
+        accept: bool,
+        handled_by: Option<&UserId>,
+        reason: Option<String>,
+        now: Millis,
+    ) -> StoreResult<GroupApplication> {
+        self.check_open()?;
+        let (id, handled_by) = (id.to_owned(), handled_by.cloned());
+        self.writer
+            .submit(|reply| {
+                WriteOp::Group(GroupOp::HandleApplication {
+                    id,
+                    accept,
+                    handled_by,
+                    reason,
+                    now,
+                    reply,
+                })
+            })
+            .await
+    }
+
+    async fn list_applications(
+        &self,
+        filter: ApplicationFilter,
+        before: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<GroupApplication>> {
+        self.check_open()?;
+        let before = before.map(str::to_owned);
+        self.readers
+            .run(limit, move |c| {
+                groups::list_applications(c, &filter, before.as_deref(), limit)
+            })
+            .await
+    }
 }
 
 #[async_trait]

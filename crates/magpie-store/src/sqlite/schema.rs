@@ -10,6 +10,7 @@ use crate::{StoreError, StoreErrorKind, StoreResult};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_node_leases.sql"),
+    include_str!("../../migrations/sqlite/0003_groups.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

@@ -16,13 +16,14 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{Checkpointer, Restarter};
+use super::groups::GroupOp;
 use super::rows::{self, MESSAGE_COLUMNS};
 use crate::{
     Appended, CommitObserver, NewMessage, NewUser, OnCommit, ReadOutcome, StoreError,
     StoreErrorKind, StoreResult,
 };
 
-type Reply<T> = oneshot::Sender<StoreResult<T>>;
+pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
 
 /// A message with its JSON columns encoded by the submitting task, to keep that work off
 /// the writer thread.
@@ -49,6 +50,8 @@ pub(super) enum WriteOp {
     ClaimNode(String, std::time::Duration, Reply<u16>),
     RenewNode(u16, String, std::time::Duration, Reply<bool>),
     ReleaseNode(u16, String, Reply<()>),
+    /// A group write (see `groups`).
+    Group(GroupOp),
     /// Apply everything queued before it, checkpoint, and stop.
     Close(Reply<()>),
 }
@@ -162,9 +165,9 @@ fn run(
 }
 
 /// A result computed inside the transaction, delivered once the commit's fate is known.
-type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+pub(super) type Completion = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
-fn complete<T: Send + 'static>(reply: Reply<T>, result: StoreResult<T>) -> Completion {
+pub(super) fn complete<T: Send + 'static>(reply: Reply<T>, result: StoreResult<T>) -> Completion {
     Box::new(move |commit_error| {
         let outcome = match commit_error {
             Some(e) if result.is_ok() => Err(StoreError::new(e.kind(), e.message())),
@@ -198,6 +201,7 @@ fn fail(op: WriteOp, error: &StoreError) {
         WriteOp::Close(r) | WriteOp::ReleaseNode(_, _, r) => drop(r.send(Err(err()))),
         WriteOp::ClaimNode(_, _, r) => drop(r.send(Err(err()))),
         WriteOp::RenewNode(_, _, _, r) => drop(r.send(Err(err()))),
+        WriteOp::Group(op) => op.fail(error),
     }
 }
 
@@ -210,6 +214,10 @@ fn is_refusal(e: &StoreError) -> bool {
         StoreErrorKind::UserNotFound
             | StoreErrorKind::ConversationNotFound
             | StoreErrorKind::Conflict
+            | StoreErrorKind::GroupNotFound
+            | StoreErrorKind::NotMember
+            | StoreErrorKind::GroupFull
+            | StoreErrorKind::Blocked
     )
 }
 
@@ -351,7 +359,8 @@ impl State {
     /// Applies one write; returns its completion and its error, if any.
     fn apply(&mut self, op: WriteOp) -> (Completion, Option<StoreError>) {
         // Anything but an append may read conversation rows: bring them up to date first.
-        if !matches!(op, WriteOp::Append(..))
+        // (Group writes read none: they leave the batch's rows pending.)
+        if !matches!(op, WriteOp::Append(..) | WriteOp::Group(..))
             && let Err(e) = self.flush_rows()
         {
             let error = StoreError::new(e.kind(), e.message());
@@ -412,6 +421,7 @@ impl State {
             WriteOp::ReleaseNode(node, holder, reply) => {
                 done(reply, leases::release(&self.conn, node, &holder))
             }
+            WriteOp::Group(op) => op.apply(&self.conn),
             WriteOp::Close(reply) => done(reply, Err(closed())),
         }
     }

@@ -78,14 +78,24 @@ error_codes! {
     TokenRevoked = 2003, "token_revoked", 401;
     /// Authenticated, but not allowed to do this.
     Forbidden = 2004, "forbidden", 403;
+    /// The caller is not a member of the group.
+    NotGroupMember = 2005, "not_group_member", 403;
+    /// The caller, or the whole group, is muted.
+    Muted = 2006, "muted", 403;
+    /// The caller is on the group's block list (or banned from rejoining for now).
+    BlockedFromGroup = 2007, "blocked_from_group", 403;
     /// The addressed resource does not exist.
     NotFound = 3000, "not_found", 404;
     /// The addressed user does not exist.
     UserNotFound = 3001, "user_not_found", 404;
     /// The addressed conversation does not exist or the caller is not part of it.
     ConversationNotFound = 3002, "conversation_not_found", 404;
-    /// The resource already exists.
+    /// The resource already exists, or changed since it was read (re-read and retry).
     Conflict = 3003, "conflict", 409;
+    /// The addressed group does not exist (or was destroyed).
+    GroupNotFound = 3004, "group_not_found", 404;
+    /// The group has reached its maximum number of members.
+    GroupFull = 3005, "group_full", 409;
     /// A frame, message or field is larger than the server allows.
     TooLarge = 4000, "too_large", 413;
     /// Too many requests; `retry_after_ms` says when to try again.

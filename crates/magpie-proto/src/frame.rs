@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::Millis;
 use crate::error::ErrorBody;
+use crate::group;
 use crate::ids::{ConversationId, DeviceId, UserId};
 use crate::message::{ConversationState, DeviceInfo, Message, MessageContent, Peer, Platform};
 
@@ -326,6 +327,58 @@ payloads!(Request, "A request's op and data.", {
     MarkRead(MarkReadRequest) = "mark_read";
     /// The user's online devices.
     ListDevices(Empty) = "list_devices";
+    /// Create a group; the caller becomes its owner.
+    GroupCreate(group::CreateGroupRequest) = "group_create";
+    /// Groups' info.
+    GroupInfo(group::GroupIds) = "group_info";
+    /// Change a group's info, announcement or options (owners and admins).
+    GroupUpdate(group::UpdateGroupRequest) = "group_update";
+    /// Destroy a group (owner).
+    GroupDestroy(group::GroupRef) = "group_destroy";
+    /// The caller's groups, paged.
+    GroupJoined(group::GroupPageRequest) = "group_joined";
+    /// Groups anyone may find (not invite-only), paged and searchable.
+    GroupDirectory(group::GroupPageRequest) = "group_directory";
+    /// Join, or apply to join.
+    GroupJoin(group::JoinGroupRequest) = "group_join";
+    /// Invite or add users.
+    GroupInvite(group::InviteRequest) = "group_invite";
+    /// Accept or decline an application or invitation.
+    GroupHandleApplication(group::HandleApplicationRequest) = "group_handle_application";
+    /// Applications and invitations, received or sent.
+    GroupApplications(group::ApplicationsRequest) = "group_applications";
+    /// Leave a group.
+    GroupLeave(group::GroupRef) = "group_leave";
+    /// Remove members, optionally barring them for a while.
+    GroupKick(group::KickRequest) = "group_kick";
+    /// Hand ownership to another member.
+    GroupTransfer(group::TransferRequest) = "group_transfer";
+    /// Make members admins or ordinary members.
+    GroupSetRole(group::SetRoleRequest) = "group_set_role";
+    /// Members, paged.
+    GroupMembers(group::MembersRequest) = "group_members";
+    /// Some members' info.
+    GroupMembersInfo(group::MembersInfoRequest) = "group_members_info";
+    /// A member's nickname and attributes.
+    GroupSetMember(group::SetMemberRequest) = "group_set_member";
+    /// Mute or unmute members.
+    GroupMute(group::MuteRequest) = "group_mute";
+    /// Mute or unmute everyone.
+    GroupMuteAll(group::MuteAllRequest) = "group_mute_all";
+    /// Change who may speak while everyone is muted.
+    GroupAllowList(group::ListChangeRequest) = "group_allow_list";
+    /// Change the block list.
+    GroupBlockList(group::ListChangeRequest) = "group_block_list";
+    /// The block list, paged.
+    GroupBlocks(group::BlocksRequest) = "group_blocks";
+    /// Set and delete group attributes.
+    GroupSetAttributes(group::SetAttributesRequest) = "group_set_attributes";
+    /// The group attributes.
+    GroupAttributes(group::GroupRef) = "group_attributes";
+    /// Add to a group counter.
+    GroupAddCounter(group::AddCounterRequest) = "group_add_counter";
+    /// The group counters.
+    GroupCounters(group::GroupRef) = "group_counters";
 });
 
 payloads!(Response, "A successful response's op and data.", {
@@ -347,6 +400,58 @@ payloads!(Response, "A successful response's op and data.", {
     MarkRead(ConversationState) = "mark_read";
     /// To `list_devices`.
     ListDevices(DeviceList) = "list_devices";
+    /// To `group_create`.
+    GroupCreate(group::GroupInfo) = "group_create";
+    /// To `group_info`.
+    GroupInfo(group::GroupList) = "group_info";
+    /// To `group_update`.
+    GroupUpdate(group::GroupInfo) = "group_update";
+    /// To `group_destroy`.
+    GroupDestroy(Empty) = "group_destroy";
+    /// To `group_joined`.
+    GroupJoined(group::GroupPage) = "group_joined";
+    /// To `group_directory`.
+    GroupDirectory(group::GroupPage) = "group_directory";
+    /// To `group_join`.
+    GroupJoin(group::JoinGroupResponse) = "group_join";
+    /// To `group_invite`.
+    GroupInvite(group::InviteResponse) = "group_invite";
+    /// To `group_handle_application`.
+    GroupHandleApplication(group::GroupApplication) = "group_handle_application";
+    /// To `group_applications`.
+    GroupApplications(group::ApplicationsPage) = "group_applications";
+    /// To `group_leave`.
+    GroupLeave(Empty) = "group_leave";
+    /// To `group_kick`.
+    GroupKick(Empty) = "group_kick";
+    /// To `group_transfer`.
+    GroupTransfer(group::GroupInfo) = "group_transfer";
+    /// To `group_set_role`.
+    GroupSetRole(Empty) = "group_set_role";
+    /// To `group_members`.
+    GroupMembers(group::MembersPage) = "group_members";
+    /// To `group_members_info`.
+    GroupMembersInfo(group::MemberList) = "group_members_info";
+    /// To `group_set_member`.
+    GroupSetMember(group::GroupMember) = "group_set_member";
+    /// To `group_mute`.
+    GroupMute(Empty) = "group_mute";
+    /// To `group_mute_all`.
+    GroupMuteAll(Empty) = "group_mute_all";
+    /// To `group_allow_list`.
+    GroupAllowList(Empty) = "group_allow_list";
+    /// To `group_block_list`.
+    GroupBlockList(Empty) = "group_block_list";
+    /// To `group_blocks`.
+    GroupBlocks(group::BlocksPage) = "group_blocks";
+    /// To `group_set_attributes`.
+    GroupSetAttributes(group::GroupAttributes) = "group_set_attributes";
+    /// To `group_attributes`.
+    GroupAttributes(group::GroupAttributes) = "group_attributes";
+    /// To `group_add_counter`.
+    GroupAddCounter(group::GroupCounters) = "group_add_counter";
+    /// To `group_counters`.
+    GroupCounters(group::GroupCounters) = "group_counters";
 });
 
 payloads!(Event, "An event pushed by the server.", {
@@ -363,6 +468,8 @@ payloads!(Event, "An event pushed by the server.", {
     /// Events may have been missed (the server lost touch with the rest of its cluster for a
     /// while): run `sync`, and fetch the history of conversations whose last seq moved.
     SyncRequired(Empty) = "sync_required";
+    /// Something changed in a group the user belongs to, was invited to or applied to.
+    Group(group::GroupEvent) = "group";
 });
 
 /// A frame from client to server.

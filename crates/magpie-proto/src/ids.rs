@@ -88,6 +88,11 @@ string_id!(
     "user id"
 );
 string_id!(
+    /// An app- or server-chosen group id: 1–64 bytes of ASCII letters, digits and `_ - . @`.
+    GroupId,
+    "group id"
+);
+string_id!(
     /// An app-chosen device id, stable across reconnects of one installation.
     DeviceId,
     "device id"

@@ -9,6 +9,7 @@
 //! - [`error`]: the numeric error-code table and the error payload, with HTTP status mapping.
 //! - [`message`]: message content types, stored messages, conversation state, platforms.
 //! - [`frame`]: the request / response / event frames of the WebSocket protocol and their ops.
+//! - [`group`]: group ids, info, options, members, applications and the `group` event.
 //! - [`codec`]: JSON (canonical) and MessagePack encodings, negotiated by WebSocket subprotocol.
 //! - [`rest`]: request and response bodies of the REST API used by the app backend.
 //!
@@ -18,6 +19,7 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod group;
 pub mod ids;
 pub mod message;
 pub mod rest;
@@ -25,6 +27,7 @@ pub mod rest;
 pub use codec::Codec;
 pub use error::{ErrorBody, ErrorCode};
 pub use frame::{ClientFrame, Event, Request, Response, ServerFrame};
+pub use group::GroupId;
 pub use ids::{ConversationId, ConversationKind, DeviceId, MessageId, UserId};
 pub use message::{ConversationState, Message, MessageContent, Peer, Platform, PlatformClass};
 

@@ -55,10 +55,10 @@ pub struct UpdateUser {
     pub ext: Option<Option<Map<String, Value>>>,
 }
 
-mod double_option {
+pub(crate) mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub(super) fn serialize<S: Serializer, T: Serialize>(
+    pub(crate) fn serialize<S: Serializer, T: Serialize>(
         v: &Option<Option<T>>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
@@ -68,7 +68,7 @@ mod double_option {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
         d: D,
     ) -> Result<Option<Option<T>>, D::Error> {
         Option::<T>::deserialize(d).map(Some)

@@ -74,6 +74,9 @@ pub enum ClientEvent {
         /// Read up to and including this seq.
         read_seq: u64,
     },
+    /// Something changed in a group this user belongs to, was invited to or applied to (the
+    /// server's `group` event as is; a group manager with a local cache is still to come).
+    GroupChanged(Box<magpie_proto::group::GroupEvent>),
 }
 
 /// The state of the connection to the server.

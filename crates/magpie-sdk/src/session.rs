@@ -582,6 +582,7 @@ impl Session {
                     message: kicked.message,
                 });
             }
+            Event::Group(event) => self.emit(ClientEvent::GroupChanged(Box::new(event))),
             Event::SyncRequired(_) => {
                 // Pushes may have been lost on the server's side; catch up as after a login.
                 // A sync racing another one only repeats work: versions and seqs are idempotent.

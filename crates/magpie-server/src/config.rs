@@ -36,6 +36,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Multi-node clusters over NATS.
     pub cluster: ClusterConfig,
+    /// Group limits.
+    pub groups: GroupsConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             devices: DevicesConfig::default(),
             store: StoreConfig::default(),
             cluster: ClusterConfig::default(),
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -224,6 +227,25 @@ impl Default for ClusterConfig {
     }
 }
 
+/// Group limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Members of a group that does not say otherwise.
+    pub default_max_members: u32,
+    /// The most members any group may be configured for.
+    pub max_members_limit: u32,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self {
+            default_max_members: magpie_proto::group::DEFAULT_MAX_MEMBERS,
+            max_members_limit: 100_000,
+        }
+    }
+}
+
 /// A configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -386,6 +408,13 @@ impl Config {
         {
             return bad(
                 "cluster.node_timeout_ms must be at least twice cluster.heartbeat_ms (> 0)",
+            );
+        }
+        if self.groups.default_max_members < 2
+            || self.groups.default_max_members > self.groups.max_members_limit
+        {
+            return bad(
+                "groups.default_max_members must be between 2 and groups.max_members_limit",
             );
         }
         if self.cluster.node_lease_ms < 3_000 {

@@ -11,6 +11,7 @@
 //! - [`cluster`]: what crosses nodes — delivery, kicks, cache invalidation, device lists —
 //!   over a bus (NATS in a cluster, nothing for a single node); node id leases.
 //! - `messaging`: sending, history, sync, read state.
+//! - `groups`: group management — permissions, limits, the `group` events.
 //! - `users`: users and tokens as the app backend manages them; login token checks.
 //! - [`auth`]: token format (HS256 JWT) and verification.
 //! - [`metrics`]: Prometheus counters and histograms.
@@ -27,6 +28,7 @@ pub mod config;
 mod encoded;
 mod error;
 mod gateway;
+mod groups;
 pub mod ids;
 mod messaging;
 pub mod metrics;

@@ -370,3 +370,45 @@ async fn unreachable_services_stop_the_start_with_a_clear_error() {
     );
     assert!(error.contains("NATS"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_requests_fail_fast_and_clearly_then_work_again() {
+    let Some(mut cluster) = TestCluster::start("cluster_pg_down", 1).await else {
+        return;
+    };
+    let alice = cluster.nodes[0].user_with_token("alice").await;
+    cluster.nodes[0].create_user("bob").await;
+    let mut client = cluster.nodes[0]
+        .raw_login("alice", &alice, "a", "ios")
+        .await;
+    let first = client.send_text_message("bob", "before", "before").await;
+    assert_eq!(first["type"], "response", "{first}");
+
+    tokio::task::block_in_place(|| cluster.postgres.stop());
+    let started = Instant::now();
+    let refused = client.send_text_message("bob", "down", "down").await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["error"]["code"], 5001, "unavailable: {refused}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "answered within the store's call timeout, not hung: {:?}",
+        started.elapsed()
+    );
+    let (status, body) = cluster.nodes[0].rest("GET", "/v1/users/nobody", None).await;
+    assert_eq!((status, body["code"].clone()), (503, json!(5001)), "{body}");
+
+    tokio::task::block_in_place(|| cluster.postgres.restart()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut k = 0;
+    loop {
+        k += 1;
+        let id = format!("after-{k}");
+        let answer = client.send_text_message("bob", &id, &id).await;
+        if answer["type"] == "response" {
+            break;
+        }
+        assert_eq!(answer["error"]["code"], 5001, "{answer}");
+        assert!(Instant::now() < deadline, "the node did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

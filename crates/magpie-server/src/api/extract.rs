@@ -56,3 +56,37 @@ impl<S: Send + Sync> FromRequestParts<S> for PathUser {
             .map_err(|e: ErrorBody| Error::Client(e))
     }
 }
+
+/// A group id from the path, validated.
+pub(super) struct PathGroup(pub(super) magpie_proto::GroupId);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathGroup {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| Error::bad_request(e.body_text()))?;
+        magpie_proto::GroupId::new(raw)
+            .map(Self)
+            .map_err(|e: ErrorBody| Error::Client(e))
+    }
+}
+
+/// A group id and a user id from the path (`/groups/{id}/members/{user}`), validated.
+pub(super) struct PathGroupUser(pub(super) magpie_proto::GroupId, pub(super) UserId);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathGroupUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        let axum::extract::Path((group, user)) =
+            axum::extract::Path::<(String, String)>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| Error::bad_request(e.body_text()))?;
+        let group = magpie_proto::GroupId::new(group).map_err(Error::Client)?;
+        let user = UserId::new(user).map_err(Error::Client)?;
+        Ok(Self(group, user))
+    }
+}

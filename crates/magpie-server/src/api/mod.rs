@@ -5,6 +5,7 @@
 //! calls; every error leaves as `{"code", "message"}` with the code's HTTP status.
 
 mod extract;
+mod groups;
 mod openapi;
 mod users;
 
@@ -26,6 +27,7 @@ use crate::gateway;
 /// Every route of the server.
 pub(crate) fn router(app: Arc<App>) -> Router {
     let v1 = users::routes()
+        .merge(groups::routes())
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             require_app_secret,

@@ -402,6 +402,20 @@ impl Conn {
                 });
                 return Ok(());
             }
+            group => {
+                let (app, op) = (self.app.clone(), group.name());
+                self.queue(id, op, async move {
+                    app.group_request(&origin.user, group)
+                        .await
+                        .unwrap_or_else(|| {
+                            Err(Error::new(
+                                ErrorCode::UnknownOp,
+                                format!("{op} is not available here"),
+                            ))
+                        })
+                });
+                return Ok(());
+            }
         };
         self.write(&ServerFrame::Response { id, response })
             .await

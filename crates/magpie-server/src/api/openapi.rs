@@ -37,6 +37,10 @@ fn user_path_param() -> Value {
     json!({"name": "id", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/UserId"}})
 }
 
+fn group_path_param() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/GroupId"}})
+}
+
 fn body(schema: &str, required: bool) -> Value {
     json!({"required": required, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
 }
@@ -44,17 +48,108 @@ fn body(schema: &str, required: bool) -> Value {
 /// The document.
 pub(super) fn spec() -> Value {
     let not_found = [("404", "user_not_found")];
+    let group_not_found = [("404", "group_not_found")];
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Magpie REST API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The API an app backend uses to manage Magpie users and tokens. Every /v1 route needs `Authorization: Bearer <app secret>`. Errors are `{code, message}` with the stable codes of docs/PROTOCOL.md."
+            "description": "The API an app backend uses to manage Magpie users, tokens and groups. Every /v1 route needs `Authorization: Bearer <app secret>`. Errors are `{code, message}` with the stable codes of docs/PROTOCOL.md."
         },
         "components": {
             "securitySchemes": {"appSecret": {"type": "http", "scheme": "bearer"}},
             "schemas": {
                 "UserId": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]{1,64}$"},
+                "GroupId": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]{1,64}$"},
+                "GroupOptions": {
+                    "type": "object", "additionalProperties": false,
+                    "properties": {
+                        "join_policy": {"type": "string", "enum": ["open", "approval", "invite_only"]},
+                        "invite_needs_accept": {"type": "boolean"},
+                        "members_can_invite": {"type": "boolean"},
+                        "max_members": {"type": "integer", "minimum": 2},
+                        "history_visible_to_new_members": {"type": "boolean"}
+                    }
+                },
+                "GroupInfo": {
+                    "type": "object",
+                    "required": ["group_id", "name", "owner", "options", "all_muted", "member_count", "version", "created_at", "updated_at"],
+                    "properties": {
+                        "group_id": {"$ref": "#/components/schemas/GroupId"},
+                        "name": {"type": "string", "maxLength": 100},
+                        "avatar_url": {"type": "string"},
+                        "introduction": {"type": "string", "maxLength": 4096},
+                        "announcement": {"type": "string", "maxLength": 4096},
+                        "ext": {"$ref": "#/components/schemas/Ext"},
+                        "owner": {"$ref": "#/components/schemas/UserId"},
+                        "options": {"$ref": "#/components/schemas/GroupOptions"},
+                        "all_muted": {"type": "boolean"},
+                        "member_count": {"type": "integer"},
+                        "version": {"type": "integer", "description": "bumped by every change"},
+                        "created_at": {"type": "integer"},
+                        "updated_at": {"type": "integer"}
+                    }
+                },
+                "CreateGroup": {
+                    "type": "object", "required": ["name", "owner"], "additionalProperties": false,
+                    "properties": {
+                        "group_id": {"$ref": "#/components/schemas/GroupId"},
+                        "name": {"type": "string", "maxLength": 100},
+                        "avatar_url": {"type": "string"},
+                        "introduction": {"type": "string", "maxLength": 4096},
+                        "ext": {"$ref": "#/components/schemas/Ext"},
+                        "options": {"$ref": "#/components/schemas/GroupOptions"},
+                        "members": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}, "maxItems": 100},
+                        "owner": {"$ref": "#/components/schemas/UserId"}
+                    }
+                },
+                "UpdateGroup": {
+                    "type": "object", "additionalProperties": false,
+                    "description": "Absent fields stay; null clears an optional field.",
+                    "properties": {
+                        "name": {"type": "string", "maxLength": 100},
+                        "avatar_url": {"type": ["string", "null"]},
+                        "introduction": {"type": ["string", "null"], "maxLength": 4096},
+                        "announcement": {"type": ["string", "null"], "maxLength": 4096},
+                        "ext": {"oneOf": [{"$ref": "#/components/schemas/Ext"}, {"type": "null"}]},
+                        "options": {"$ref": "#/components/schemas/GroupOptions"}
+                    }
+                },
+                "UserIds": {
+                    "type": "object", "required": ["user_ids"], "additionalProperties": false,
+                    "properties": {"user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}, "maxItems": 100}}
+                },
+                "InviteResults": {
+                    "type": "object", "required": ["results"],
+                    "properties": {"results": {"type": "array", "items": {
+                        "type": "object", "required": ["user_id", "outcome"],
+                        "properties": {
+                            "user_id": {"$ref": "#/components/schemas/UserId"},
+                            "outcome": {"type": "string", "enum": ["added", "invited", "already_member", "blocked", "user_not_found"]}
+                        }
+                    }}}
+                },
+                "GroupMember": {
+                    "type": "object", "required": ["user_id", "role", "joined_at"],
+                    "properties": {
+                        "user_id": {"$ref": "#/components/schemas/UserId"},
+                        "role": {"type": "string", "enum": ["owner", "admin", "member"]},
+                        "joined_at": {"type": "integer"},
+                        "nickname": {"type": "string"},
+                        "attributes": {"type": "object"},
+                        "muted_until": {"type": "integer"},
+                        "allowed_when_all_muted": {"type": "boolean"}
+                    }
+                },
+                "MembersPage": {
+                    "type": "object", "required": ["members", "has_more"],
+                    "properties": {"members": {"type": "array", "items": {"$ref": "#/components/schemas/GroupMember"}}, "has_more": {"type": "boolean"}}
+                },
+                "GroupPage": {
+                    "type": "object", "required": ["groups", "has_more"],
+                    "properties": {"groups": {"type": "array", "items": {"$ref": "#/components/schemas/GroupInfo"}}, "has_more": {"type": "boolean"}}
+                },
+                "Empty": {"type": "object"},
                 "Ext": {"type": "object", "description": "Free-form app data, at most 4 KiB JSON-encoded.", "additionalProperties": true},
                 "Error": {
                     "type": "object", "required": ["code", "message"],
@@ -149,6 +244,55 @@ pub(super) fn spec() -> Value {
                 "delete": {
                     "operationId": "revokeTokens", "summary": "Revoke every token issued so far and kick online devices", "security": [{"appSecret": []}],
                     "responses": merge(ok("200", "KickedDevices"), error_responses(&[AUTH_ERRORS, &not_found].concat()))
+                }
+            },
+            "/v1/groups": {
+                "post": {
+                    "operationId": "createGroup", "summary": "Create a group owned by a user", "security": [{"appSecret": []}],
+                    "requestBody": body("CreateGroup", true),
+                    "responses": merge(ok("201", "GroupInfo"), error_responses(&[AUTH_ERRORS, &not_found, &[("409", "conflict: the id is taken; group_full"), ("413", "too_large")]].concat()))
+                }
+            },
+            "/v1/groups/{id}": {
+                "parameters": [group_path_param()],
+                "get": {
+                    "operationId": "getGroup", "summary": "Read a group", "security": [{"appSecret": []}],
+                    "responses": merge(ok("200", "GroupInfo"), error_responses(&[AUTH_ERRORS, &group_not_found].concat()))
+                },
+                "patch": {
+                    "operationId": "updateGroup", "summary": "Change a group's info, announcement or options", "security": [{"appSecret": []}],
+                    "requestBody": body("UpdateGroup", true),
+                    "responses": merge(ok("200", "GroupInfo"), error_responses(&[AUTH_ERRORS, &group_not_found, &[("413", "too_large")]].concat()))
+                },
+                "delete": {
+                    "operationId": "destroyGroup", "summary": "Destroy a group", "security": [{"appSecret": []}],
+                    "responses": merge(ok("200", "Empty"), error_responses(&[AUTH_ERRORS, &group_not_found].concat()))
+                }
+            },
+            "/v1/groups/{id}/members": {
+                "parameters": [group_path_param()],
+                "post": {
+                    "operationId": "addGroupMembers", "summary": "Add members directly (no invitation)", "security": [{"appSecret": []}],
+                    "requestBody": body("UserIds", true),
+                    "responses": merge(ok("200", "InviteResults"), error_responses(&[AUTH_ERRORS, &group_not_found, &[("409", "group_full"), ("413", "too_large")]].concat()))
+                },
+                "get": {
+                    "operationId": "listGroupMembers", "summary": "A page of members by user id (query: role, after, limit)", "security": [{"appSecret": []}],
+                    "responses": merge(ok("200", "MembersPage"), error_responses(&[AUTH_ERRORS, &group_not_found].concat()))
+                }
+            },
+            "/v1/groups/{id}/members/{user}": {
+                "parameters": [group_path_param(), {"name": "user", "in": "path", "required": true, "schema": {"$ref": "#/components/schemas/UserId"}}],
+                "delete": {
+                    "operationId": "removeGroupMember", "summary": "Remove a member", "security": [{"appSecret": []}],
+                    "responses": merge(ok("200", "Empty"), error_responses(&[AUTH_ERRORS, &group_not_found, &[("403", "forbidden: the owner; not_group_member")]].concat()))
+                }
+            },
+            "/v1/users/{id}/groups": {
+                "parameters": [user_path_param()],
+                "get": {
+                    "operationId": "listJoinedGroups", "summary": "A page of a user's groups (query: after, limit)", "security": [{"appSecret": []}],
+                    "responses": merge(ok("200", "GroupPage"), error_responses(AUTH_ERRORS))
                 }
             },
             "/healthz": {

@@ -1651,6 +1651,95 @@ impl App {
         })
     }
 
+    /// Takes a user who is being deleted out of every group: a member simply goes; an owner
+    /// first hands the group to the longest-standing admin, else the longest-standing member,
+    /// and a group with nobody else in it is destroyed. Idempotent, so a failed deletion can be
+    /// retried.
+    pub(crate) async fn remove_from_all_groups(&self, user: &UserId) -> Result<()> {
+        let mut after: Option<GroupId> = None;
+        loop {
+            let page = self.store.joined_groups(user, after.as_ref(), 100).await?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = Some(last.info.group_id.clone());
+            for record in page {
+                match self.remove_departed(user, &record).await {
+                    Err(e) if e.code() == ErrorCode::GroupNotFound => {}
+                    other => other?,
+                }
+            }
+        }
+    }
+
+    async fn remove_departed(&self, user: &UserId, record: &GroupRecord) -> Result<()> {
+        let group = &record.info.group_id;
+        let backend = Actor::Backend;
+        if record.info.owner == *user {
+            match self.successor(group, user).await? {
+                None => {
+                    self.destroy_group(&backend, group).await?;
+                    return Ok(());
+                }
+                Some(to) => {
+                    let request = TransferRequest {
+                        group_id: group.clone(),
+                        to,
+                    };
+                    self.transfer_group(&backend, request).await?;
+                }
+            }
+        }
+        let (after, ()) = self
+            .change_group(
+                &backend,
+                group,
+                |_, _| Ok((GroupWrite::RemoveMembers(vec![user.clone()]), ())),
+                &[],
+            )
+            .await?;
+        self.tell_members(
+            &after,
+            &backend,
+            GroupChange::MemberLeft {
+                user_id: user.clone(),
+            },
+            &[],
+        )
+        .await
+    }
+
+    /// Who inherits a group from its departing owner.
+    async fn successor(&self, group: &GroupId, owner: &UserId) -> Result<Option<UserId>> {
+        for role in [GroupRole::Admin, GroupRole::Member] {
+            let mut best: Option<GroupMember> = None;
+            let mut after: Option<UserId> = None;
+            loop {
+                let page = self
+                    .store
+                    .group_members(group, Some(role), after.as_ref(), 1000)
+                    .await?;
+                let full = page.len() == 1000;
+                after = page.last().map(|m| m.user_id.clone());
+                for member in page.into_iter().filter(|m| m.user_id != *owner) {
+                    let earlier = best.as_ref().is_none_or(|b| {
+                        (member.joined_at, &member.user_id) < (b.joined_at, &b.user_id)
+                    });
+                    if earlier {
+                        best = Some(member);
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            if let Some(best) = best {
+                return Ok(Some(best.user_id));
+            }
+        }
+        Ok(None)
+    }
+
     /// Runs a `group_*` request of a device's user; `None` if `request` is not one.
     pub async fn group_request(&self, user: &UserId, request: Request) -> Option<Result<Response>> {
         let actor = Actor::User(user.clone());

@@ -165,8 +165,11 @@ impl App {
         Ok(updated?)
     }
 
-    /// Deletes a user and kicks their devices.
+    /// Deletes a user, takes them out of their groups and kicks their devices.
     pub async fn delete_user(&self, id: &UserId) -> Result<KickedDevices> {
+        // Groups first: if this fails the user still exists and the deletion can be retried.
+        self.user_record(id).await?;
+        self.remove_from_all_groups(id).await?;
         let deleted = self.store.delete_user(id).await;
         self.forget_user(id);
         if !deleted? {

@@ -769,3 +769,41 @@ async fn the_app_backend_manages_groups_over_rest() {
     let (status, _) = server.rest("GET", "/v1/groups/hq", None).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_user_leaves_every_group_and_an_owner_hands_groups_on() {
+    let (server, mut c) = setup(&["boss", "deputy", "member", "loner"]).await;
+    create(&mut c[0], "led", &["deputy", "member"], json!({})).await;
+    ok(
+        &mut c[0],
+        "group_set_role",
+        json!({"group_id": "led", "user_ids": ["deputy"], "role": "admin"}),
+    )
+    .await;
+    create(&mut c[1], "other", &["boss"], json!({})).await;
+    create(&mut c[0], "alone", &[], json!({})).await;
+
+    let (status, body) = server.rest("DELETE", "/v1/users/boss", None).await;
+    assert_eq!(status, 200, "{body}");
+    let moved = change(&mut c[2], "owner_changed").await;
+    assert_eq!(
+        (moved["from"].clone(), moved["to"].clone()),
+        (json!("boss"), json!("deputy"))
+    );
+    assert_eq!(change(&mut c[2], "member_left").await["user_id"], "boss");
+
+    let led = ok(&mut c[2], "group_members", json!({"group_id": "led"})).await;
+    assert_eq!(member_ids(&led), ["deputy", "member"]);
+    assert_eq!(led["members"][0]["role"], "owner");
+    let other = ok(&mut c[1], "group_members", json!({"group_id": "other"})).await;
+    assert_eq!(member_ids(&other), ["deputy"]);
+    let alone = ok(&mut c[3], "group_info", json!({"group_ids": ["alone"]})).await;
+    assert_eq!(
+        alone["groups"],
+        json!([]),
+        "a group with nobody left is destroyed"
+    );
+    let (status, body) = server.rest("GET", "/v1/users/boss/groups", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["groups"], json!([]));
+}

@@ -24,9 +24,9 @@ pub enum BusEvent {
         /// The payload.
         payload: Bytes,
     },
-    /// The bus was cut off from the other nodes for a while and is back: whatever they
-    /// published in between is lost.
-    Reconnected,
+    /// Traffic between this node and the others was lost — the connection was cut off for a
+    /// while and is back, or publishes were dropped — so the node must resync.
+    Lost,
 }
 
 /// Where a bus sends what it receives.

@@ -223,7 +223,7 @@ impl Cluster {
                     Err(e) => tracing::warn!(error = %e, "cluster bus: undecodable envelope"),
                 }
             }
-            BusEvent::Reconnected => self.resync(),
+            BusEvent::Lost => self.resync(),
         }
     }
 
@@ -553,7 +553,7 @@ mod tests {
         let erin_web = login(&nodes[0], "erin", "web", Platform::Web).await;
         let _erin_mac = login(&nodes[1], "erin", "mac", Platform::Macos).await;
         pump(&mut nodes);
-        nodes[0].cluster.handle(BusEvent::Reconnected);
+        nodes[0].cluster.handle(BusEvent::Lost);
         assert_eq!(next_event(&erin_web), Some(Event::SyncRequired(Empty)));
         pump(&mut nodes);
         assert_eq!(

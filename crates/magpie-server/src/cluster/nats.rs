@@ -4,7 +4,9 @@
 //! one queue and one task, so they leave in the order they were made; each subscription runs
 //! in its own task and is in effect (`ready`) once the NATS server acknowledged it with a
 //! flush. Lost connections are retried forever by the client; when one comes back, the node is
-//! told ([`BusEvent::Reconnected`]) because whatever was published meanwhile is gone.
+//! told ([`BusEvent::Lost`]) because whatever was published meanwhile is gone. The
+//! publish queue is bounded: when NATS cannot keep up, publishes are dropped rather than held
+//! in memory without limit, and the node is told the same way, so its devices resync.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,9 +30,14 @@ pub struct NatsError {
 #[derive(Debug)]
 pub struct NatsBus {
     client: async_nats::Client,
-    outbound: mpsc::UnboundedSender<(String, Bytes)>,
+    outbound: mpsc::Sender<(String, Bytes)>,
+    /// Set when a publish was dropped because the queue was full.
+    dropped: Arc<AtomicBool>,
     inbound: Inbound,
 }
+
+/// Publishes queued for NATS before further ones are dropped.
+const PUBLISH_QUEUE: usize = 65_536;
 
 /// How long start-up waits for NATS before giving up with an error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,7 +67,7 @@ impl NatsBus {
                             // The initial connection missed nothing; a reconnection did.
                             if lost.swap(false, Ordering::AcqRel) {
                                 tracing::info!("cluster bus: reconnected to NATS");
-                                let _ = events.send(BusEvent::Reconnected);
+                                let _ = events.send(BusEvent::Lost);
                             }
                         }
                         async_nats::Event::Disconnected => {
@@ -69,7 +76,7 @@ impl NatsBus {
                         }
                         async_nats::Event::SlowConsumer(sid) => {
                             tracing::warn!(sid, "cluster bus: a subscription dropped messages");
-                            let _ = events.send(BusEvent::Reconnected);
+                            let _ = events.send(BusEvent::Lost);
                         }
                         other => tracing::info!(event = %other, "cluster bus"),
                     }
@@ -83,18 +90,24 @@ impl NatsBus {
             .map_err(|_| error("no answer to a flush".into()))?
             .map_err(|e| error(e.to_string()))?;
 
-        let (outbound, mut queue) = mpsc::unbounded_channel::<(String, Bytes)>();
-        let publisher = client.clone();
+        let (outbound, mut queue) = mpsc::channel::<(String, Bytes)>(PUBLISH_QUEUE);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (publisher, overflowed, events) = (client.clone(), dropped.clone(), inbound.clone());
         tokio::spawn(async move {
             while let Some((subject, payload)) = queue.recv().await {
                 if let Err(e) = publisher.publish(subject, payload).await {
                     tracing::warn!(error = %e, "cluster bus: publish failed");
+                }
+                if queue.is_empty() && overflowed.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("cluster bus: publishes were dropped; devices will resync");
+                    let _ = events.send(BusEvent::Lost);
                 }
             }
         });
         Ok(Self {
             client,
             outbound,
+            dropped,
             inbound,
         })
     }
@@ -114,7 +127,10 @@ impl Bus for NatsBus {
     }
 
     fn publish(&self, subject: String, payload: Bytes) {
-        let _ = self.outbound.send((subject, payload));
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbound.try_send((subject, payload))
+        {
+            self.dropped.store(true, Ordering::Release);
+        }
     }
 
     fn subscribe(&self, subject: String) -> Subscription {

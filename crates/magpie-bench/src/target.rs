@@ -429,7 +429,9 @@ pub async fn spawn_cluster(
     }
     let (postgres, nats) = tokio::task::spawn_blocking(
         || -> anyhow::Result<(magpie_services::Postgres, magpie_services::Nats)> {
-            let postgres = magpie_services::Postgres::start().context("cannot start PostgreSQL")?;
+            // Durable, like a production database: the acks measured are acks after an fsync.
+            let postgres =
+                magpie_services::Postgres::start_durable().context("cannot start PostgreSQL")?;
             postgres
                 .execute(&format!("CREATE DATABASE {CLUSTER_DATABASE}"))
                 .context("cannot create the cluster's database")?;

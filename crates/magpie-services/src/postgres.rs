@@ -3,7 +3,8 @@
 //! `initdb` takes a second or two, so it runs once per machine and user into a template data
 //! directory (cached in `$TMPDIR/magpie-services-cache-<uid>/`, or `$MAGPIE_SERVICES_CACHE`,
 //! keyed by the server version) that every instance copies. Instances listen on 127.0.0.1 only, trust every local connection, keep their unix
-//! socket in their own directory, and run with `fsync=off`: they hold test data only.
+//! socket in their own directory, and run with `fsync=off` (they hold test data only) unless
+//! started with [`Postgres::start_durable`] for benchmarks.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -32,6 +33,8 @@ pub struct Postgres {
     run_as: RunAs,
     port: u16,
     child: Option<Child>,
+    /// Production durability settings instead of the test ones.
+    durable: bool,
 }
 
 /// The programs and the user to run them as, found once per process.
@@ -43,8 +46,19 @@ struct Install {
 }
 
 impl Postgres {
-    /// Starts a fresh server (an empty cluster with the `postgres` database).
+    /// Starts a fresh server (an empty cluster with the `postgres` database) tuned for tests:
+    /// no fsync, so commits are fast and nothing survives a power loss.
     pub fn start() -> Result<Self, ServiceError> {
+        Self::start_with(false)
+    }
+
+    /// Starts a fresh server with PostgreSQL's durable defaults (`fsync`, `synchronous_commit`,
+    /// `full_page_writes` on) and 128 MB of shared buffers: what a benchmark of durable acks needs.
+    pub fn start_durable() -> Result<Self, ServiceError> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Self, ServiceError> {
         let install = install()?;
         let template = template(&install)?;
         let dir = tempfile::Builder::new()
@@ -62,6 +76,7 @@ impl Postgres {
             run_as: install.run_as,
             port: 0,
             child: None,
+            durable,
         };
         // A free port can be taken by someone else before the server binds it: try others.
         let mut last = None;
@@ -179,14 +194,17 @@ impl Postgres {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
             .arg(format!("unix_socket_directories={socket_dir}"))
-            .args(["-c", "fsync=off"])
-            .args(["-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off"])
-            .args(["-c", "shared_buffers=32MB"])
             .args(["-c", "max_connections=200"])
-            .args(["-c", "logging_collector=off"])
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err));
+            .args(["-c", "logging_collector=off"]);
+        if self.durable {
+            cmd.args(["-c", "shared_buffers=128MB"]);
+        } else {
+            cmd.args(["-c", "fsync=off"])
+                .args(["-c", "synchronous_commit=off"])
+                .args(["-c", "full_page_writes=off"])
+                .args(["-c", "shared_buffers=32MB"]);
+        }
+        cmd.stdout(Stdio::from(log)).stderr(Stdio::from(log_err));
         let mut child = cmd
             .spawn()
             .map_err(|e| fail(self, format!("cannot run {}: {e}", self.postgres.display())))?;
@@ -372,6 +390,26 @@ fn query_first(url: &str, sql: &str) -> Result<Option<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_durable_server_fsyncs_and_a_test_server_does_not() {
+        let Some(test) = crate::postgres_or_skip("durable_settings") else {
+            return;
+        };
+        assert_eq!(test.execute("SHOW fsync").unwrap().as_deref(), Some("off"));
+        let durable = Postgres::start_durable().unwrap();
+        assert_eq!(
+            durable.execute("SHOW fsync").unwrap().as_deref(),
+            Some("on")
+        );
+        assert_eq!(
+            durable
+                .execute("SHOW synchronous_commit")
+                .unwrap()
+                .as_deref(),
+            Some("on")
+        );
+    }
 
     #[test]
     fn postgres_starts_restarts_on_the_same_port_and_dies_on_drop() {

@@ -1,4 +1,5 @@
 //! `magpie send` and `magpie listen`: chatting through the SDK, as a device of a user.
+//! `listen` also prints the user's group events (see `group::event_line`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ pub(crate) struct Identity {
 }
 
 impl Identity {
-    async fn login(&self) -> anyhow::Result<(Client, magpie_sdk::Events)> {
+    pub(crate) async fn login(&self) -> anyhow::Result<(Client, magpie_sdk::Events)> {
         let user = UserId::new(&self.user)?;
         let device = DeviceId::new(&self.device)?;
         let data = self.data.clone().unwrap_or_else(default_data_dir);
@@ -91,7 +92,7 @@ pub(crate) async fn send(args: SendArgs) -> anyhow::Result<ExitCode> {
 pub(crate) struct ListenArgs {
     #[command(flatten)]
     identity: Identity,
-    /// Exit after printing this many messages.
+    /// Exit after printing this many lines (messages and group events).
     #[arg(long)]
     count: Option<u64>,
     /// Exit after this many seconds (fails if `--count` was not reached).
@@ -118,6 +119,10 @@ pub(crate) async fn listen(args: ListenArgs) -> anyhow::Result<ExitCode> {
                 output::line(&message_line(&message));
                 printed += 1;
             }
+            Some(ClientEvent::GroupChanged(event)) => {
+                output::line(&crate::group::event_line(&event));
+                printed += 1;
+            }
             Some(ClientEvent::Kicked { reason, message }) => {
                 anyhow::bail!("kicked by the server ({reason:?}): {message}");
             }
@@ -128,7 +133,7 @@ pub(crate) async fn listen(args: ListenArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = client.logout().await;
     match args.count {
-        Some(n) if printed < n => anyhow::bail!("timed out after {printed} of {n} messages"),
+        Some(n) if printed < n => anyhow::bail!("timed out after {printed} of {n} lines"),
         _ => Ok(ExitCode::SUCCESS),
     }
 }

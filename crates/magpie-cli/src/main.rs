@@ -4,6 +4,7 @@
 
 mod admin;
 mod chat;
+mod group;
 mod output;
 mod serve;
 
@@ -32,8 +33,10 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Send one text message and print the stored message.
     Send(chat::SendArgs),
-    /// Log in, sync, and print every received message as it arrives.
+    /// Log in, sync, and print every received message and group event as it arrives.
     Listen(chat::ListenArgs),
+    /// Manage groups as a user: create, info, join, invite, kick, leave, members, mute.
+    Group(group::GroupArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
             Command::Admin(args) => admin::run(args).await,
             Command::Send(args) => chat::send(args).await,
             Command::Listen(args) => chat::listen(args).await,
+            Command::Group(args) => group::run(args).await,
         }
     });
     match result {

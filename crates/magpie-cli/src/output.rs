@@ -15,7 +15,11 @@ pub(crate) fn line(value: &Value) {
 
 /// Prints an error and returns the failing exit status.
 pub(crate) fn fail(error: &anyhow::Error) -> ExitCode {
-    let body = match error.downcast_ref::<ErrorBody>() {
+    // A server refusal through the SDK carries the server's body too.
+    let server = error
+        .downcast_ref::<magpie_sdk::Error>()
+        .and_then(magpie_sdk::Error::server_error);
+    let body = match error.downcast_ref::<ErrorBody>().or(server) {
         Some(body) => {
             json!({"code": body.code.as_u16(), "name": body.code.name(), "message": body.message})
         }

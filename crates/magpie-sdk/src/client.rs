@@ -1,5 +1,5 @@
 //! The public handles: [`Client`] (login, connection, tokens, devices, events) and
-//! [`ChatManager`] (messages and conversations).
+//! [`ChatManager`] (messages and conversations). [`GroupManager`] lives in `groups`.
 //!
 //! Thin by design: each method checks its arguments, finds the logged-in session and
 //! delegates. No protocol logic or storage code belongs here.
@@ -16,6 +16,7 @@ use magpie_proto::{ConversationId, DeviceId, Message, MessageContent, UserId};
 use crate::config::ClientConfig;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{ConnectionState, DisconnectReason, EventHub, Events};
+use crate::groups::GroupManager;
 use crate::model::{Conversation, HistoryQuery, LocalMessage, LocalPage};
 use crate::session::Session;
 
@@ -194,6 +195,11 @@ impl Client {
         }
     }
 
+    /// Group operations and the local cache of joined groups and their members.
+    pub fn groups(&self) -> GroupManager {
+        GroupManager::new(self.clone())
+    }
+
     /// The logged-in user.
     pub fn user_id(&self) -> Option<UserId> {
         match &*self.inner.slot() {
@@ -235,7 +241,7 @@ impl Client {
         }
     }
 
-    fn session(&self) -> Result<Arc<Session>> {
+    pub(crate) fn session(&self) -> Result<Arc<Session>> {
         match &*self.inner.slot() {
             Slot::Active(session) => Ok(Arc::clone(session)),
             _ => Err(Error::new(ErrorKind::NotLoggedIn, "log in first")),

@@ -107,18 +107,26 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// Sends a request on a [`Connection`] and unpacks the expected answer:
+/// `call!(conn, Login(request) => Login)` is a `Result<LoginResponse>`. The one path every
+/// request takes (the `groups` module uses it too).
 macro_rules! call {
     ($conn:expr, $request:ident($payload:expr) => $response:ident) => {
-        match $conn.request(Request::$request($payload)).await? {
-            Response::$response(answer) => Ok(answer),
-            other => Err(Error::protocol(format!(
+        match $conn
+            .request(magpie_proto::Request::$request($payload))
+            .await
+        {
+            Ok(magpie_proto::Response::$response(answer)) => Ok(answer),
+            Ok(other) => Err($crate::error::Error::protocol(format!(
                 "expected a `{}` answer, got `{}`",
                 stringify!($response),
                 magpie_proto::frame::Payload::name(&other)
             ))),
+            Err(e) => Err(e),
         }
     };
 }
+pub(crate) use call;
 
 impl Connection {
     /// Opens the WebSocket and starts its I/O task. The returned receiver yields the

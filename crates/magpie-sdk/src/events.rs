@@ -43,7 +43,8 @@ pub enum ClientEvent {
     ConversationUpdated(Conversation),
     /// A catch-up `sync` started after a login.
     SyncStarted,
-    /// The catch-up finished: the local cache holds everything the server had at the time.
+    /// The catch-up finished: the local cache holds everything the server had at the time
+    /// (messages, conversations, and the joined groups).
     SyncFinished,
     /// The token expires soon; call [`Client::renew_token`](crate::Client::renew_token).
     TokenWillExpire {
@@ -74,8 +75,10 @@ pub enum ClientEvent {
         /// Read up to and including this seq.
         read_seq: u64,
     },
-    /// Something changed in a group this user belongs to, was invited to or applied to (the
-    /// server's `group` event as is; a group manager with a local cache is still to come).
+    /// Something changed in a group this user belongs to, was invited to or applied to: the
+    /// server's `group` event as is. Emitted after the local group cache took the change in,
+    /// so [`GroupManager::cached_groups`](crate::GroupManager::cached_groups) and
+    /// [`cached_members`](crate::GroupManager::cached_members) already show it.
     GroupChanged(Box<magpie_proto::group::GroupEvent>),
 }
 

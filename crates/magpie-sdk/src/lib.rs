@@ -44,13 +44,15 @@
 //! - [`events`]: [`ClientEvent`], the per-subscriber event fan-out.
 //! - [`model`]: what the local cache returns: [`Conversation`], [`LocalMessage`], pages.
 //! - `client`: the public [`Client`] and [`ChatManager`] handles.
+//! - `groups`: the [`GroupManager`] handle (every `group_*` op) and keeping the group cache in
+//!   step: from answers, from `group` events, and by re-reading the joined groups after login.
 //! - `session`: one logged-in user's runtime: the connect / login / sync / reconnect loop and
 //!   the delivery pipeline from the wire to the store to the app.
 //! - `connection`: one WebSocket: framing, request/response correlation, heartbeat.
 //! - `sequencer`: the pure per-conversation cursor / gap state machine.
 //! - `sync`: the catch-up after each login.
 //! - `outbox`: pending sends: waiters and the in-order flusher.
-//! - `store`: the SQLite cache.
+//! - `store`: the SQLite cache (messages, conversations, outbox, groups and members).
 //! - `rotation`: which server URL the next attempt dials, and when (one backoff delay per
 //!   round of the URLs).
 //! - `backoff`: reconnect delays.
@@ -61,6 +63,7 @@ pub mod config;
 mod connection;
 pub mod error;
 pub mod events;
+mod groups;
 pub mod model;
 mod outbox;
 mod rotation;
@@ -73,6 +76,7 @@ pub use client::{ChatManager, Client};
 pub use config::{ClientConfig, ClientConfigBuilder, ReconnectPolicy, ServerOrder};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{ClientEvent, ConnectionState, DisconnectReason, Events};
+pub use groups::GroupManager;
 pub use model::{
     Conversation, HistoryAnchor, HistoryQuery, LocalMessage, LocalPage, MessageStatus,
 };
@@ -80,6 +84,9 @@ pub use model::{
 /// The wire protocol crate, for the types this SDK's API is built from.
 pub use magpie_proto as proto;
 pub use magpie_proto::frame::{Direction, KickReason, LoginResponse, MessagesPage};
+pub use magpie_proto::group::{
+    GroupChange, GroupEvent, GroupId, GroupInfo, GroupMember, GroupOptions, GroupRole, JoinPolicy,
+};
 pub use magpie_proto::message::DeviceInfo;
 pub use magpie_proto::{
     Codec, ConversationId, ConversationKind, DeviceId, ErrorBody, ErrorCode, Message,

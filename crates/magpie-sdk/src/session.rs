@@ -540,9 +540,23 @@ impl Session {
             }
             return;
         }
+        self.refresh_groups(&conn).await;
         self.emit(ClientEvent::SyncFinished);
         self.flush_pending_reads(&conn).await;
         outbox::flush(&self, &conn).await;
+    }
+
+    /// Re-reads the joined groups into the cache (group events missed while offline are not
+    /// kept by the server). A failure is logged: the cache then stays as it was until the next
+    /// login, and the chat keeps working.
+    async fn refresh_groups(&self, conn: &Connection) {
+        match crate::groups::refresh(self, conn).await {
+            Ok(()) => {}
+            Err(e) if crate::groups::unsupported(&e) => {
+                tracing::debug!("the server has no groups");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the joined groups"),
+        }
     }
 
     async fn handle_event(self: &Arc<Self>, conn: &Connection, event: Event, notes: &mut Notes) {
@@ -582,7 +596,7 @@ impl Session {
                     message: kicked.message,
                 });
             }
-            Event::Group(event) => self.emit(ClientEvent::GroupChanged(Box::new(event))),
+            Event::Group(event) => crate::groups::on_event(self, conn, event).await,
             Event::SyncRequired(_) => {
                 // Pushes may have been lost on the server's side; catch up as after a login.
                 // A sync racing another one only repeats work: versions and seqs are idempotent.
@@ -591,6 +605,7 @@ impl Session {
                     if let Err(e) = crate::sync::run(&session, &conn).await {
                         tracing::warn!(error = %e, "resync after sync_required failed");
                     }
+                    session.refresh_groups(&conn).await;
                 });
             }
         }

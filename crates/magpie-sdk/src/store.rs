@@ -1,5 +1,5 @@
-//! The local SQLite cache of one user: messages, conversations, the sync version and the
-//! outbox of pending sends.
+//! The local SQLite cache of one user: messages, conversations, the sync version, the
+//! outbox of pending sends, and joined groups with the members known of them (`groups`).
 //!
 //! [`Db`] is the synchronous API over one `rusqlite::Connection`; every method that writes does
 //! so in one transaction, so a crash leaves either all of a delivered page (messages *and* the
@@ -26,8 +26,14 @@ use magpie_proto::{
 use crate::error::{Error, Result};
 use crate::model::{Conversation, LocalMessage, LocalPage, MessageStatus};
 
-/// Bumped whenever the schema changes; a database from a newer SDK is refused.
-const SCHEMA_VERSION: i64 = 1;
+mod groups;
+
+pub(crate) use groups::GroupApply;
+
+/// Bumped whenever the schema changes; a database from a newer SDK is refused. Every table is
+/// created `IF NOT EXISTS`, so an older database gains the tables it lacks when opened.
+/// 2: `groups` and `group_members`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -75,6 +81,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     client_msg_id   TEXT NOT NULL UNIQUE,
     conversation_id TEXT NOT NULL,
     request         TEXT NOT NULL
+);
+-- groups this user belongs to: the GroupInfo as JSON, its version for the write guards
+CREATE TABLE IF NOT EXISTS groups (
+    group_id TEXT PRIMARY KEY,
+    version  INTEGER NOT NULL,
+    info     TEXT NOT NULL
+);
+-- members of cached groups this device knows of: the GroupMember as JSON
+CREATE TABLE IF NOT EXISTS group_members (
+    group_id TEXT NOT NULL,
+    user_id  TEXT NOT NULL,
+    member   TEXT NOT NULL,
+    PRIMARY KEY (group_id, user_id)
 );
 ";
 

@@ -6,6 +6,8 @@
 mod cluster;
 #[path = "e2e/failover.rs"]
 mod failover;
+#[path = "e2e/groups.rs"]
+mod groups;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -396,19 +396,15 @@ mod tests {
         let Some(test) = crate::postgres_or_skip("durable_settings") else {
             return;
         };
-        assert_eq!(test.execute("SHOW fsync").unwrap().as_deref(), Some("off"));
-        let durable = Postgres::start_durable().unwrap();
-        assert_eq!(
-            durable.execute("SHOW fsync").unwrap().as_deref(),
-            Some("on")
-        );
-        assert_eq!(
-            durable
-                .execute("SHOW synchronous_commit")
-                .unwrap()
-                .as_deref(),
-            Some("on")
-        );
+        let show = |pg: &Postgres, setting: &str| {
+            pg.execute(&format!("SHOW {setting}"))
+                .expect("SHOW answers")
+                .unwrap_or_default()
+        };
+        assert_eq!(show(&test, "fsync"), "off");
+        let durable = Postgres::start_durable().expect("a durable server starts");
+        assert_eq!(show(&durable, "fsync"), "on");
+        assert_eq!(show(&durable, "synchronous_commit"), "on");
     }
 
     #[test]

@@ -4,19 +4,17 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use magpie_sdk::{
-    Client, ClientConfig, ClientEvent, DeviceId, Message, MessageContent, Platform, UserId,
-};
-use serde_json::{Value, json};
+use magpie_sdk::{Client, ClientConfig, DeviceId, Message, MessageContent, Platform, UserId};
+use serde_json::json;
 
 mod support;
-use support::{Server, history};
+use support::{Server, assert_history_matches_acks, assert_received_once_in_order};
 
 const SENDERS: usize = 4;
 const PER_SENDER: usize = 150;
@@ -108,60 +106,8 @@ async fn kill_dash_nine_under_load_loses_nothing_and_duplicates_nothing() {
         acked_by_sender.insert(user.clone(), stored);
     }
 
-    for user in &senders {
-        let conversation = format!("c2c:bob:{user}");
-        let stored = history(&server, "bob", &conversation).await;
-        let seqs: Vec<u64> = stored.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-        assert_eq!(
-            seqs,
-            (1..=PER_SENDER as u64).collect::<Vec<_>>(),
-            "{conversation}: gap-free, no duplicates"
-        );
-        let texts: HashSet<&str> = stored
-            .iter()
-            .map(|m| m["content"]["body"]["text"].as_str().unwrap())
-            .collect();
-        assert_eq!(
-            texts.len(),
-            PER_SENDER,
-            "{conversation}: each message stored once"
-        );
-        let by_seq: BTreeMap<u64, &Value> = stored
-            .iter()
-            .map(|m| (m["seq"].as_u64().unwrap(), m))
-            .collect();
-        for message in &acked_by_sender[user] {
-            let kept = by_seq[&message.seq];
-            assert_eq!(
-                kept["id"],
-                json!(message.id.to_string()),
-                "acked id is what is stored"
-            );
-            assert_eq!(kept["client_msg_id"], json!(message.client_msg_id));
-        }
-    }
-
+    assert_history_matches_acks(&server, &acked_by_sender, PER_SENDER).await;
     // Bob's SDK saw every message exactly once, in seq order per conversation.
-    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
-    let total = SENDERS * PER_SENDER;
-    let mut received = 0;
-    while received < total {
-        let event = tokio::time::timeout(Duration::from_secs(60), bob_events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("bob received {received} of {total}"));
-        if let Some(ClientEvent::MessageReceived(message)) = event {
-            seen.entry(message.conversation_id.to_string())
-                .or_default()
-                .push(message.seq);
-            received += 1;
-        }
-    }
-    for (conversation, seqs) in seen {
-        assert_eq!(
-            seqs,
-            (1..=PER_SENDER as u64).collect::<Vec<_>>(),
-            "{conversation} as bob saw it"
-        );
-    }
+    assert_received_once_in_order(&mut bob_events, SENDERS * PER_SENDER, PER_SENDER).await;
     drop(bob);
 }

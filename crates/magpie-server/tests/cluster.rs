@@ -13,24 +13,11 @@ use std::time::{Duration, Instant};
 use magpie_testkit::{Closed, RawClient, TestCluster, free_port};
 use serde_json::json;
 
-async fn device_ids(client: &mut RawClient) -> Vec<String> {
-    let answer = client.request("list_devices", json!({})).await;
-    assert_eq!(answer["type"], "response", "{answer}");
-    let mut ids: Vec<String> = answer["data"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["device_id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
 /// Polls `list_devices` until it shows `want` (membership news travels asynchronously).
 async fn wait_for_devices(client: &mut RawClient, want: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let ids = device_ids(client).await;
+        let ids = client.device_ids().await;
         if ids == want {
             return;
         }

@@ -8,19 +8,6 @@ use std::time::Duration;
 use magpie_testkit::{Closed, RawClient, TestServer, now_ms};
 use serde_json::{Value, json};
 
-async fn device_ids(client: &mut RawClient) -> Vec<String> {
-    let answer = client.request("list_devices", json!({})).await;
-    assert_eq!(answer["type"], "response", "{answer}");
-    let mut ids: Vec<String> = answer["data"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["device_id"].as_str().unwrap().to_owned())
-        .collect();
-    ids.sort();
-    ids
-}
-
 /// The client gets a `kicked` event with `reason`, then the connection closes with 4001.
 async fn assert_kicked(client: &mut RawClient, reason: &str) {
     let kicked = client.event("kicked").await;
@@ -52,7 +39,7 @@ async fn a_second_phone_kicks_the_first_with_replaced() {
         .raw_login("alice", &token, "android", "android")
         .await;
     assert_kicked(&mut iphone, "replaced").await;
-    assert_eq!(device_ids(&mut android).await, ["android"]);
+    assert_eq!(android.device_ids().await, ["android"]);
 }
 
 #[tokio::test]
@@ -63,7 +50,7 @@ async fn a_phone_a_browser_and_a_desktop_coexist() {
     let mut web = server.raw_login("alice", &token, "browser", "web").await;
     let mut mac = server.raw_login("alice", &token, "mac", "macos").await;
     for client in [&mut phone, &mut web, &mut mac] {
-        assert_eq!(device_ids(client).await, ["browser", "mac", "phone"]);
+        assert_eq!(client.device_ids().await, ["browser", "mac", "phone"]);
     }
 }
 
@@ -75,7 +62,7 @@ async fn the_same_device_reconnecting_replaces_its_old_connection_with_same_devi
     let mut laptop = server.raw_login("alice", &token, "laptop", "linux").await;
     let mut new = server.raw_login("alice", &token, "phone", "ios").await;
     assert_kicked(&mut old, "same_device").await;
-    assert_eq!(device_ids(&mut new).await, ["laptop", "phone"]);
+    assert_eq!(new.device_ids().await, ["laptop", "phone"]);
     assert_alive(&mut laptop).await;
 }
 
@@ -85,11 +72,11 @@ async fn with_two_devices_per_class_a_third_phone_kicks_the_oldest() {
     let token = server.user_with_token("alice").await;
     let mut first = server.raw_login("alice", &token, "first", "ios").await;
     let mut second = server.raw_login("alice", &token, "second", "android").await;
-    assert_eq!(device_ids(&mut first).await, ["first", "second"]);
+    assert_eq!(first.device_ids().await, ["first", "second"]);
     let mut third = server.raw_login("alice", &token, "third", "harmony").await;
     assert_kicked(&mut first, "replaced").await;
     assert_alive(&mut second).await;
-    assert_eq!(device_ids(&mut third).await, ["second", "third"]);
+    assert_eq!(third.device_ids().await, ["second", "third"]);
 }
 
 #[tokio::test]
@@ -113,7 +100,7 @@ async fn list_devices_shows_only_this_users_online_devices() {
     // The closed device leaves the list once its session ends.
     let mut ids = Vec::new();
     for _ in 0..50 {
-        ids = device_ids(&mut phone).await;
+        ids = phone.device_ids().await;
         if ids.len() == 1 {
             break;
         }
@@ -239,7 +226,7 @@ async fn logout_answers_then_closes_with_4006_and_the_device_is_offline_at_once(
     assert_eq!(answer["data"], json!({}));
     assert_eq!(phone.closed().await, Closed::Code(4006));
     // By the time the device sees the close, it is no longer listed.
-    assert_eq!(device_ids(&mut laptop).await, ["laptop"]);
+    assert_eq!(laptop.device_ids().await, ["laptop"]);
 }
 
 #[tokio::test]

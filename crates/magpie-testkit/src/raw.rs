@@ -210,6 +210,20 @@ impl RawClient {
         .await
     }
 
+    /// The user's online devices (`list_devices`), sorted by device id.
+    pub async fn device_ids(&mut self) -> Vec<String> {
+        let answer = self.request("list_devices", json!({})).await;
+        assert_eq!(answer["type"], "response", "{answer}");
+        let mut ids: Vec<String> = answer["data"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["device_id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// Closes the connection.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

@@ -130,3 +130,70 @@ pub async fn history(server: &Server, user: &str, conversation: &str) -> Vec<Val
         }
     }
 }
+
+/// Every message bob's conversation with each sender holds: seqs 1..=`per_sender` without a gap
+/// or a duplicate, each text once, and every acked message stored with the id and
+/// `client_msg_id` it was acked with.
+pub async fn assert_history_matches_acks(
+    server: &Server,
+    acked_by_sender: &std::collections::HashMap<String, Vec<magpie_sdk::Message>>,
+    per_sender: usize,
+) {
+    for (user, acked) in acked_by_sender {
+        let conversation = format!("c2c:bob:{user}");
+        let stored = history(server, "bob", &conversation).await;
+        let seqs: Vec<u64> = stored.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=per_sender as u64).collect::<Vec<_>>(),
+            "{conversation}: gap-free, no duplicates"
+        );
+        let texts: std::collections::HashSet<&str> = stored
+            .iter()
+            .map(|m| m["content"]["body"]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            texts.len(),
+            per_sender,
+            "{conversation}: each message stored once"
+        );
+        for message in acked {
+            let kept = &stored[message.seq as usize - 1];
+            assert_eq!(
+                kept["id"],
+                json!(message.id.to_string()),
+                "acked id is what is stored"
+            );
+            assert_eq!(kept["client_msg_id"], json!(message.client_msg_id));
+        }
+    }
+}
+
+/// Reads bob's events until `total` messages arrived; each conversation must have come
+/// exactly once and in seq order, 1..=`per_sender`.
+pub async fn assert_received_once_in_order(
+    events: &mut magpie_sdk::Events,
+    total: usize,
+    per_sender: usize,
+) {
+    let mut seen: std::collections::HashMap<String, Vec<u64>> = std::collections::HashMap::new();
+    let mut received = 0;
+    while received < total {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("bob received {received} of {total}"));
+        if let Some(magpie_sdk::ClientEvent::MessageReceived(message)) = event {
+            seen.entry(message.conversation_id.to_string())
+                .or_default()
+                .push(message.seq);
+            received += 1;
+        }
+    }
+    for (conversation, seqs) in seen {
+        assert_eq!(
+            seqs,
+            (1..=per_sender as u64).collect::<Vec<_>>(),
+            "{conversation} as bob saw it"
+        );
+    }
+}

@@ -399,3 +399,35 @@ async fn while_the_database_is_down_requests_fail_fast_and_clearly_then_work_aga
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_do_not_wait_for_the_bus_while_nats_is_down() {
+    let Some(mut cluster) = TestCluster::start("cluster_login_bus_down", 2).await else {
+        return;
+    };
+    let alice = cluster.nodes[0].user_with_token("alice").await;
+    let bob = cluster.nodes[0].user_with_token("bob").await;
+    tokio::task::block_in_place(|| cluster.nats.stop());
+    // Give the nodes a moment to notice the connection is gone.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut alice_client = cluster.nodes[0]
+        .raw_login("alice", &alice, "a", "ios")
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "login took {:?} while NATS was down",
+        started.elapsed()
+    );
+    let mut bob_client = cluster.nodes[1].raw_login("bob", &bob, "b", "ios").await;
+    let sent = alice_client
+        .send_text_message("bob", "m", "while down")
+        .await;
+    assert_eq!(sent["type"], "response", "{sent}");
+
+    // When the bus is back, bob's node tells him to resync, and he finds the message.
+    tokio::task::block_in_place(|| cluster.nats.restart()).unwrap();
+    assert_eq!(bob_client.event("sync_required").await, json!({}));
+    let sync = bob_client.request("sync", json!({"since": 0})).await;
+    assert_eq!(sync["data"]["conversations"][0]["last_seq"], 1, "{sync}");
+}

@@ -80,6 +80,9 @@ impl Subscription {
 pub trait Bus: Send + Sync + 'static {
     /// Whether any other node can hear this bus; when not, the cluster layer sends nothing.
     fn has_peers(&self) -> bool;
+    /// Whether the bus is connected right now (a subscription made while it is not cannot be
+    /// confirmed until it is back).
+    fn is_connected(&self) -> bool;
     /// Queues `payload` for every other node subscribed to `subject`.
     fn publish(&self, subject: String, payload: Bytes);
     /// Starts receiving `subject`.
@@ -147,6 +150,10 @@ impl Drop for LocalUnsubscribe {
 impl Bus for LocalBus {
     fn has_peers(&self) -> bool {
         self.hub.members.len() > 1
+    }
+
+    fn is_connected(&self) -> bool {
+        true
     }
 
     fn publish(&self, subject: String, payload: Bytes) {

@@ -140,7 +140,9 @@ impl Cluster {
                 .entry(user.clone())
                 .or_insert_with(|| self.bus.subscribe(self.subjects.user(user)))
                 .until_ready(SUBSCRIBE_TIMEOUT);
-            if !ready.await {
+            // While the bus is down there is nothing to wait for: the subscription takes effect
+            // when it is back, and every local device is then told to resync.
+            if self.bus.is_connected() && !ready.await {
                 tracing::warn!(%user, "cluster bus: subscription not confirmed; pushes from other nodes may be late until the next sync");
             }
             let envelope = Envelope::DeviceUp {

@@ -126,6 +126,10 @@ impl Bus for NatsBus {
         true
     }
 
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     fn publish(&self, subject: String, payload: Bytes) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.outbound.try_send((subject, payload))
         {

@@ -33,6 +33,7 @@ use crate::app::App;
 use crate::clock::now_ms;
 use crate::encoded::json_len;
 use crate::error::{Error, Result};
+use crate::messaging::page_limit;
 use crate::metrics::Metrics;
 use crate::sessions::SharedFrame;
 
@@ -79,17 +80,45 @@ fn forbidden(message: impl Into<String>) -> Error {
     Error::new(ErrorCode::Forbidden, message)
 }
 
-fn page(requested: Option<u32>, default: u32, max: u32) -> Result<u32> {
-    match requested {
-        None => Ok(default),
-        Some(n) if (1..=max).contains(&n) => Ok(n),
-        Some(n) => Err(Error::bad_request(format!(
-            "limit must be between 1 and {max}, got {n}"
-        ))),
-    }
+/// Splits a page fetched with one row more than `limit`: the rows to answer, and whether
+/// more follow.
+fn split_page<T>(mut rows: Vec<T>, limit: u32) -> (Vec<T>, bool) {
+    let has_more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    (rows, has_more)
 }
 
-fn check_text(field: &str, value: Option<&String>, max: usize) -> Result<()> {
+fn too_many_users() -> Error {
+    Error::new(
+        ErrorCode::TooLarge,
+        format!("at most {MAX_USERS_PER_CALL} users per call"),
+    )
+}
+
+/// Every one of `users` must be among `members` (as read for the change).
+fn require_all_members(members: &[GroupMember], users: &[UserId]) -> Result<()> {
+    if members.len() != users.len() {
+        return Err(Error::new(
+            ErrorCode::NotGroupMember,
+            "every user must be a member",
+        ));
+    }
+    Ok(())
+}
+
+/// The users a list change adds and removes, deduplicated and within the per-call limit.
+fn checked_list_change(request: &ListChangeRequest) -> Result<(Vec<UserId>, Vec<UserId>)> {
+    let (added, removed) = (dedup(&request.add), dedup(&request.remove));
+    if added.is_empty() && removed.is_empty() {
+        return Err(Error::bad_request("name users to add or remove"));
+    }
+    if added.len() + removed.len() > MAX_USERS_PER_CALL {
+        return Err(too_many_users());
+    }
+    Ok((added, removed))
+}
+
+fn check_text(field: &str, value: Option<&str>, max: usize) -> Result<()> {
     if let Some(value) = value
         && value.len() > max
     {
@@ -105,7 +134,7 @@ fn check_name(name: &str) -> Result<()> {
     if name.trim().is_empty() {
         return Err(Error::bad_request("name must not be empty"));
     }
-    check_text("name", Some(&name.to_owned()), MAX_GROUP_NAME_LEN)
+    check_text("name", Some(name), MAX_GROUP_NAME_LEN)
 }
 
 fn check_ext(ext: Option<&Map<String, Value>>) -> Result<()> {
@@ -124,10 +153,7 @@ fn check_users(users: &[UserId]) -> Result<()> {
         return Err(Error::bad_request("name at least one user"));
     }
     if users.len() > MAX_USERS_PER_CALL {
-        return Err(Error::new(
-            ErrorCode::TooLarge,
-            format!("at most {MAX_USERS_PER_CALL} users per call"),
-        ));
+        return Err(too_many_users());
     }
     Ok(())
 }
@@ -270,40 +296,40 @@ impl App {
         ))
     }
 
-    /// Every member's id, for fan-out.
-    async fn member_ids(&self, group: &GroupId) -> Result<Vec<UserId>> {
-        let mut ids = Vec::new();
-        let mut after: Option<UserId> = None;
+    /// Every member of a group, or of one role, read page by page.
+    async fn all_members(
+        &self,
+        group: &GroupId,
+        role: Option<GroupRole>,
+    ) -> Result<Vec<GroupMember>> {
+        const PAGE: u32 = 1000;
+        let mut members: Vec<GroupMember> = Vec::new();
         loop {
+            let after = members.last().map(|m| m.user_id.clone());
             let page = self
                 .store
-                .group_members(group, None, after.as_ref(), 1000)
+                .group_members(group, role, after.as_ref(), PAGE)
                 .await?;
-            let full = page.len() == 1000;
-            after = page.last().map(|m| m.user_id.clone());
-            ids.extend(page.into_iter().map(|m| m.user_id));
+            let full = page.len() == PAGE as usize;
+            members.extend(page);
             if !full {
-                return Ok(ids);
+                return Ok(members);
             }
         }
     }
 
+    /// Every member's id, for fan-out.
+    async fn member_ids(&self, group: &GroupId) -> Result<Vec<UserId>> {
+        let members = self.all_members(group, None).await?;
+        Ok(members.into_iter().map(|m| m.user_id).collect())
+    }
+
+    /// The owner's and the admins' ids.
     async fn manager_ids(&self, group: &GroupId) -> Result<Vec<UserId>> {
         let mut ids = Vec::new();
         for role in [GroupRole::Owner, GroupRole::Admin] {
-            let mut after: Option<UserId> = None;
-            loop {
-                let page = self
-                    .store
-                    .group_members(group, Some(role), after.as_ref(), 1000)
-                    .await?;
-                let full = page.len() == 1000;
-                after = page.last().map(|m| m.user_id.clone());
-                ids.extend(page.into_iter().map(|m| m.user_id));
-                if !full {
-                    break;
-                }
-            }
+            let members = self.all_members(group, Some(role)).await?;
+            ids.extend(members.into_iter().map(|m| m.user_id));
         }
         Ok(ids)
     }
@@ -381,10 +407,10 @@ impl App {
         request: CreateGroupRequest,
     ) -> Result<GroupInfo> {
         check_name(&request.name)?;
-        check_text("avatar_url", request.avatar_url.as_ref(), MAX_URL_LEN)?;
+        check_text("avatar_url", request.avatar_url.as_deref(), MAX_URL_LEN)?;
         check_text(
             "introduction",
-            request.introduction.as_ref(),
+            request.introduction.as_deref(),
             MAX_GROUP_TEXT_LEN,
         )?;
         check_ext(request.ext.as_ref())?;
@@ -505,17 +531,17 @@ impl App {
         }
         check_text(
             "avatar_url",
-            request.avatar_url.as_ref().and_then(Option::as_ref),
+            request.avatar_url.as_ref().and_then(Option::as_deref),
             MAX_URL_LEN,
         )?;
         check_text(
             "introduction",
-            request.introduction.as_ref().and_then(Option::as_ref),
+            request.introduction.as_ref().and_then(Option::as_deref),
             MAX_GROUP_TEXT_LEN,
         )?;
         check_text(
             "announcement",
-            request.announcement.as_ref().and_then(Option::as_ref),
+            request.announcement.as_ref().and_then(Option::as_deref),
             MAX_GROUP_TEXT_LEN,
         )?;
         check_ext(request.ext.as_ref().and_then(Option::as_ref))?;
@@ -614,13 +640,12 @@ impl App {
         user: &UserId,
         request: GroupPageRequest,
     ) -> Result<GroupPage> {
-        let limit = page(request.limit, 50, 200)?;
-        let mut records = self
+        let limit = page_limit(request.limit, 50, 200)?;
+        let records = self
             .store
             .joined_groups(user, request.after.as_ref(), limit + 1)
             .await?;
-        let has_more = records.len() > limit as usize;
-        records.truncate(limit as usize);
+        let (records, has_more) = split_page(records, limit);
         Ok(GroupPage {
             groups: records.into_iter().map(|r| r.info).collect(),
             has_more,
@@ -629,14 +654,13 @@ impl App {
 
     /// A page of the public directory.
     pub async fn group_directory(&self, request: GroupPageRequest) -> Result<GroupPage> {
-        let limit = page(request.limit, 50, 200)?;
-        check_text("query", request.query.as_ref(), MAX_GROUP_NAME_LEN)?;
-        let mut records = self
+        let limit = page_limit(request.limit, 50, 200)?;
+        check_text("query", request.query.as_deref(), MAX_GROUP_NAME_LEN)?;
+        let records = self
             .store
             .public_groups(request.query.as_deref(), request.after.as_ref(), limit + 1)
             .await?;
-        let has_more = records.len() > limit as usize;
-        records.truncate(limit as usize);
+        let (records, has_more) = split_page(records, limit);
         Ok(GroupPage {
             groups: records.into_iter().map(|r| r.info).collect(),
             has_more,
@@ -698,7 +722,7 @@ impl App {
     ) -> Result<JoinGroupResponse> {
         check_text(
             "message",
-            request.message.as_ref(),
+            request.message.as_deref(),
             MAX_APPLICATION_TEXT_LEN,
         )?;
         let actor = Actor::User(user.clone());
@@ -756,7 +780,7 @@ impl App {
         check_users(&request.user_ids)?;
         check_text(
             "message",
-            request.message.as_ref(),
+            request.message.as_deref(),
             MAX_APPLICATION_TEXT_LEN,
         )?;
         let group = &request.group_id;
@@ -831,7 +855,11 @@ impl App {
         actor: &Actor,
         request: HandleApplicationRequest,
     ) -> Result<GroupApplication> {
-        check_text("reason", request.reason.as_ref(), MAX_APPLICATION_TEXT_LEN)?;
+        check_text(
+            "reason",
+            request.reason.as_deref(),
+            MAX_APPLICATION_TEXT_LEN,
+        )?;
         let application = self
             .store
             .get_application(&request.application_id)
@@ -905,8 +933,8 @@ impl App {
         user: &UserId,
         request: ApplicationsRequest,
     ) -> Result<ApplicationsPage> {
-        let limit = page(request.limit, 50, 200)?;
-        let mut applications = match request.which {
+        let limit = page_limit(request.limit, 50, 200)?;
+        let applications = match request.which {
             ApplicationBox::Sent => {
                 self.store
                     .list_applications(
@@ -944,8 +972,7 @@ impl App {
                 all
             }
         };
-        let has_more = applications.len() > limit as usize;
-        applications.truncate(limit as usize);
+        let (applications, has_more) = split_page(applications, limit);
         Ok(ApplicationsPage {
             applications,
             has_more,
@@ -1103,12 +1130,7 @@ impl App {
                 &request.group_id,
                 |standing, targets| {
                     standing.require_owner()?;
-                    if targets.len() != users.len() {
-                        return Err(Error::new(
-                            ErrorCode::NotGroupMember,
-                            "every user must be a member",
-                        ));
-                    }
+                    require_all_members(&targets, &users)?;
                     if targets.iter().any(|m| m.role == GroupRole::Owner) {
                         return Err(forbidden("the owner's role changes only by transfer"));
                     }
@@ -1145,11 +1167,11 @@ impl App {
         actor: &Actor,
         request: MembersRequest,
     ) -> Result<MembersPage> {
-        let limit = page(request.limit, 100, 500)?;
+        let limit = page_limit(request.limit, 100, 500)?;
         self.standing(actor, &request.group_id)
             .await?
             .require_member()?;
-        let mut members = self
+        let members = self
             .store
             .group_members(
                 &request.group_id,
@@ -1158,8 +1180,7 @@ impl App {
                 limit + 1,
             )
             .await?;
-        let has_more = members.len() > limit as usize;
-        members.truncate(limit as usize);
+        let (members, has_more) = split_page(members, limit);
         Ok(MembersPage { members, has_more })
     }
 
@@ -1188,7 +1209,7 @@ impl App {
     ) -> Result<GroupMember> {
         check_text(
             "nickname",
-            request.nickname.as_ref().and_then(Option::as_ref),
+            request.nickname.as_ref().and_then(Option::as_deref),
             MAX_NICKNAME_LEN,
         )?;
         if let Some(attributes) = &request.attributes
@@ -1274,12 +1295,7 @@ impl App {
                 &request.group_id,
                 |standing, targets| {
                     let role = standing.require_manager()?;
-                    if targets.len() != users.len() {
-                        return Err(Error::new(
-                            ErrorCode::NotGroupMember,
-                            "every user must be a member",
-                        ));
-                    }
+                    require_all_members(&targets, &users)?;
                     may_manage(actor, role, &targets)?;
                     Ok((
                         GroupWrite::UpdateMembers {
@@ -1341,47 +1357,39 @@ impl App {
 
     /// Changes the allow list (owners and admins).
     pub async fn allow_list(&self, actor: &Actor, request: ListChangeRequest) -> Result<Empty> {
-        let (added, removed) = (dedup(&request.add), dedup(&request.remove));
-        if added.is_empty() && removed.is_empty() {
-            return Err(Error::bad_request("name users to add or remove"));
-        }
-        if added.len() + removed.len() > MAX_USERS_PER_CALL {
-            return Err(Error::new(
-                ErrorCode::TooLarge,
-                format!("at most {MAX_USERS_PER_CALL} users per call"),
-            ));
-        }
+        let (added, removed) = checked_list_change(&request)?;
+        let mut record = None;
         for (users, allowed) in [(&added, true), (&removed, false)] {
             if users.is_empty() {
                 continue;
             }
-            self.change_group(
-                actor,
-                &request.group_id,
-                |standing, targets| {
-                    standing.require_manager()?;
-                    if targets.len() != users.len() {
-                        return Err(Error::new(
-                            ErrorCode::NotGroupMember,
-                            "every user must be a member",
-                        ));
-                    }
-                    Ok((
-                        GroupWrite::UpdateMembers {
-                            user_ids: users.clone(),
-                            update: MemberUpdate {
-                                allowed_when_all_muted: Some(allowed),
-                                ..MemberUpdate::default()
+            let (changed, ()) = self
+                .change_group(
+                    actor,
+                    &request.group_id,
+                    |standing, targets| {
+                        standing.require_manager()?;
+                        require_all_members(&targets, users)?;
+                        Ok((
+                            GroupWrite::UpdateMembers {
+                                user_ids: users.clone(),
+                                update: MemberUpdate {
+                                    allowed_when_all_muted: Some(allowed),
+                                    ..MemberUpdate::default()
+                                },
                             },
-                        },
-                        (),
-                    ))
-                },
-                users,
-            )
-            .await?;
+                            (),
+                        ))
+                    },
+                    users,
+                )
+                .await?;
+            record = Some(changed);
         }
-        let record = self.standing(actor, &request.group_id).await?.record;
+        // At least one list is non-empty, so a change was written.
+        let Some(record) = record else {
+            return Ok(Empty);
+        };
         self.tell_members(
             &record,
             actor,
@@ -1394,16 +1402,7 @@ impl App {
 
     /// Changes the block list (owners and admins; blocking a member removes them).
     pub async fn block_list(&self, actor: &Actor, request: ListChangeRequest) -> Result<Empty> {
-        let (added, removed) = (dedup(&request.add), dedup(&request.remove));
-        if added.is_empty() && removed.is_empty() {
-            return Err(Error::bad_request("name users to add or remove"));
-        }
-        if added.len() + removed.len() > MAX_USERS_PER_CALL {
-            return Err(Error::new(
-                ErrorCode::TooLarge,
-                format!("at most {MAX_USERS_PER_CALL} users per call"),
-            ));
-        }
+        let (added, removed) = checked_list_change(&request)?;
         let until = request
             .seconds
             .filter(|s| *s > 0)
@@ -1460,11 +1459,11 @@ impl App {
 
     /// A page of the block list (owners and admins).
     pub async fn blocks(&self, actor: &Actor, request: BlocksRequest) -> Result<BlocksPage> {
-        let limit = page(request.limit, 100, 500)?;
+        let limit = page_limit(request.limit, 100, 500)?;
         self.standing(actor, &request.group_id)
             .await?
             .require_manager()?;
-        let mut entries = self
+        let entries = self
             .store
             .group_blocks(
                 &request.group_id,
@@ -1473,8 +1472,7 @@ impl App {
                 limit + 1,
             )
             .await?;
-        let has_more = entries.len() > limit as usize;
-        entries.truncate(limit as usize);
+        let (entries, has_more) = split_page(entries, limit);
         Ok(BlocksPage {
             blocked: entries
                 .into_iter()
@@ -1709,32 +1707,17 @@ impl App {
         .await
     }
 
-    /// Who inherits a group from its departing owner.
+    /// Who inherits a group from its departing owner: the longest-standing admin, else the
+    /// longest-standing member.
     async fn successor(&self, group: &GroupId, owner: &UserId) -> Result<Option<UserId>> {
         for role in [GroupRole::Admin, GroupRole::Member] {
-            let mut best: Option<GroupMember> = None;
-            let mut after: Option<UserId> = None;
-            loop {
-                let page = self
-                    .store
-                    .group_members(group, Some(role), after.as_ref(), 1000)
-                    .await?;
-                let full = page.len() == 1000;
-                after = page.last().map(|m| m.user_id.clone());
-                for member in page.into_iter().filter(|m| m.user_id != *owner) {
-                    let earlier = best.as_ref().is_none_or(|b| {
-                        (member.joined_at, &member.user_id) < (b.joined_at, &b.user_id)
-                    });
-                    if earlier {
-                        best = Some(member);
-                    }
-                }
-                if !full {
-                    break;
-                }
-            }
-            if let Some(best) = best {
-                return Ok(Some(best.user_id));
+            let members = self.all_members(group, Some(role)).await?;
+            let oldest = members
+                .into_iter()
+                .filter(|m| m.user_id != *owner)
+                .min_by(|a, b| (a.joined_at, &a.user_id).cmp(&(b.joined_at, &b.user_id)));
+            if let Some(oldest) = oldest {
+                return Ok(Some(oldest.user_id));
             }
         }
         Ok(None)

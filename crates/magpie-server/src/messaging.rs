@@ -39,7 +39,8 @@ const MAX_PAGE: u32 = 200;
 const DEFAULT_SYNC_PAGE: u32 = 100;
 const MAX_SYNC_PAGE: u32 = 500;
 
-fn page_limit(requested: Option<u32>, default: u32, max: u32) -> Result<u32> {
+/// A request's page size: `default` when absent, `bad_request` outside 1..=`max`.
+pub(crate) fn page_limit(requested: Option<u32>, default: u32, max: u32) -> Result<u32> {
     match requested {
         None => Ok(default),
         Some(n) if (1..=max).contains(&n) => Ok(n),

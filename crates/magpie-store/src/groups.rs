@@ -299,6 +299,92 @@ pub trait GroupStore: Send + Sync + 'static {
 // What both backends share: the column encodings of the enums, and the in-memory halves of the
 // writes (each backend loads the rows, applies these, and writes the rows back).
 
+/// A result row of either backend, read by column index: all the shared row decoders need.
+pub(crate) trait Columns {
+    /// A non-null text column.
+    fn text(&self, i: usize) -> StoreResult<String>;
+    /// A nullable text column.
+    fn opt_text(&self, i: usize) -> StoreResult<Option<String>>;
+    /// A non-null integer column.
+    fn int(&self, i: usize) -> StoreResult<i64>;
+    /// A nullable integer column.
+    fn opt_int(&self, i: usize) -> StoreResult<Option<i64>>;
+    /// A boolean column.
+    fn flag(&self, i: usize) -> StoreResult<bool>;
+}
+
+/// The member columns, in the order [`member_from_row`] reads them.
+pub(crate) const MEMBER_COLUMNS: &str =
+    "user_id, role, joined_at, nickname, attributes, muted_until, allowed_when_all_muted";
+
+/// The application columns, in the order [`application_from_row`] reads them.
+pub(crate) const APPLICATION_COLUMNS: &str = "id, group_id, kind, from_user, user_id, message, \
+     state, handled_by, reason, created_at, handled_at";
+
+/// A group from a row of the group columns (id, name, avatar_url, introduction,
+/// announcement, ext, owner, join_policy, invite_needs_accept, members_can_invite,
+/// max_members, history_visible_to_new_members, all_muted, member_count, version, attributes,
+/// attributes_version, counters, created_at, updated_at).
+pub(crate) fn group_from_row(row: &impl Columns) -> StoreResult<GroupRecord> {
+    let count = |i: usize, what: &str| u32::try_from(row.int(i)?).map_err(|e| corrupt(what, e));
+    Ok(GroupRecord {
+        info: GroupInfo {
+            group_id: group_id_from_sql(row.text(0)?)?,
+            name: row.text(1)?,
+            avatar_url: row.opt_text(2)?,
+            introduction: row.opt_text(3)?,
+            announcement: row.opt_text(4)?,
+            ext: ext_from_sql(row.opt_text(5)?)?,
+            owner: user_id_from_sql(row.text(6)?)?,
+            options: GroupOptions {
+                join_policy: policy_from_sql(&row.text(7)?)?,
+                invite_needs_accept: row.flag(8)?,
+                members_can_invite: row.flag(9)?,
+                max_members: count(10, "max_members")?,
+                history_visible_to_new_members: row.flag(11)?,
+            },
+            all_muted: row.flag(12)?,
+            member_count: count(13, "member_count")?,
+            version: row.int(14)? as u64,
+            created_at: row.int(18)?,
+            updated_at: row.int(19)?,
+        },
+        attributes: map_from_sql(row.opt_text(15)?)?,
+        attributes_version: row.int(16)? as u64,
+        counters: map_from_sql(row.opt_text(17)?)?,
+    })
+}
+
+/// A member from a row of [`MEMBER_COLUMNS`].
+pub(crate) fn member_from_row(row: &impl Columns) -> StoreResult<GroupMember> {
+    Ok(GroupMember {
+        user_id: user_id_from_sql(row.text(0)?)?,
+        role: role_from_sql(&row.text(1)?)?,
+        joined_at: row.int(2)?,
+        nickname: row.opt_text(3)?,
+        attributes: map_from_sql(row.opt_text(4)?)?,
+        muted_until: row.opt_int(5)?,
+        allowed_when_all_muted: row.flag(6)?,
+    })
+}
+
+/// An application from a row of [`APPLICATION_COLUMNS`].
+pub(crate) fn application_from_row(row: &impl Columns) -> StoreResult<GroupApplication> {
+    Ok(GroupApplication {
+        application_id: row.int(0)?.to_string(),
+        group_id: group_id_from_sql(row.text(1)?)?,
+        kind: kind_from_sql(&row.text(2)?)?,
+        from: user_id_from_sql(row.text(3)?)?,
+        user_id: user_id_from_sql(row.text(4)?)?,
+        message: row.opt_text(5)?,
+        state: state_from_sql(&row.text(6)?)?,
+        handled_by: row.opt_text(7)?.map(user_id_from_sql).transpose()?,
+        reason: row.opt_text(8)?,
+        created_at: row.int(9)?,
+        handled_at: row.opt_int(10)?,
+    })
+}
+
 pub(crate) fn role_to_sql(role: GroupRole) -> &'static str {
     match role {
         GroupRole::Member => "member",

@@ -9,16 +9,15 @@
 use std::collections::{HashMap, HashSet};
 
 use magpie_proto::group::{
-    ApplicationState, GroupApplication, GroupId, GroupInfo, GroupMember, GroupOptions, GroupRole,
-    JoinPolicy,
+    ApplicationState, GroupApplication, GroupId, GroupMember, GroupRole, JoinPolicy,
 };
 use magpie_proto::{Millis, UserId};
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::writer::{Completion, Reply, complete};
 use crate::groups::{
-    self, ApplicationFilter, GroupRecord, GroupWrite, NewApplication, NewGroup, application_id,
-    conflict, group_not_found, not_member,
+    self, APPLICATION_COLUMNS, ApplicationFilter, GroupRecord, GroupWrite, MEMBER_COLUMNS,
+    NewApplication, NewGroup, application_id, conflict, group_not_found, not_member,
 };
 use crate::{StoreError, StoreErrorKind, StoreResult};
 
@@ -112,73 +111,33 @@ const G_COLUMNS: &str = "g.id, g.name, g.avatar_url, g.introduction, g.announcem
      g.attributes_version, g.counters, g.created_at, g.updated_at";
 
 fn record(row: &Row<'_>) -> StoreResult<GroupRecord> {
-    let policy: String = row.get(7)?;
-    Ok(GroupRecord {
-        info: GroupInfo {
-            group_id: groups::group_id_from_sql(row.get(0)?)?,
-            name: row.get(1)?,
-            avatar_url: row.get(2)?,
-            introduction: row.get(3)?,
-            announcement: row.get(4)?,
-            ext: groups::ext_from_sql(row.get(5)?)?,
-            owner: groups::user_id_from_sql(row.get(6)?)?,
-            options: GroupOptions {
-                join_policy: groups::policy_from_sql(&policy)?,
-                invite_needs_accept: row.get(8)?,
-                members_can_invite: row.get(9)?,
-                max_members: u32::try_from(row.get::<_, i64>(10)?)
-                    .map_err(|e| groups::corrupt("max_members", e))?,
-                history_visible_to_new_members: row.get(11)?,
-            },
-            all_muted: row.get(12)?,
-            member_count: u32::try_from(row.get::<_, i64>(13)?)
-                .map_err(|e| groups::corrupt("member_count", e))?,
-            version: row.get::<_, i64>(14)? as u64,
-            created_at: row.get(18)?,
-            updated_at: row.get(19)?,
-        },
-        attributes: groups::map_from_sql(row.get(15)?)?,
-        attributes_version: row.get::<_, i64>(16)? as u64,
-        counters: groups::map_from_sql(row.get(17)?)?,
-    })
+    groups::group_from_row(row)
 }
-
-const MEMBER_COLUMNS: &str =
-    "user_id, role, joined_at, nickname, attributes, muted_until, allowed_when_all_muted";
 
 fn member(row: &Row<'_>) -> StoreResult<GroupMember> {
-    let role: String = row.get(1)?;
-    Ok(GroupMember {
-        user_id: groups::user_id_from_sql(row.get(0)?)?,
-        role: groups::role_from_sql(&role)?,
-        joined_at: row.get(2)?,
-        nickname: row.get(3)?,
-        attributes: groups::map_from_sql(row.get(4)?)?,
-        muted_until: row.get(5)?,
-        allowed_when_all_muted: row.get(6)?,
-    })
+    groups::member_from_row(row)
 }
 
-const APPLICATION_COLUMNS: &str = "id, group_id, kind, from_user, user_id, message, state, \
-     handled_by, reason, created_at, handled_at";
-
 fn application(row: &Row<'_>) -> StoreResult<GroupApplication> {
-    let kind: String = row.get(2)?;
-    let state: String = row.get(6)?;
-    let handled_by: Option<String> = row.get(7)?;
-    Ok(GroupApplication {
-        application_id: row.get::<_, i64>(0)?.to_string(),
-        group_id: groups::group_id_from_sql(row.get(1)?)?,
-        kind: groups::kind_from_sql(&kind)?,
-        from: groups::user_id_from_sql(row.get(3)?)?,
-        user_id: groups::user_id_from_sql(row.get(4)?)?,
-        message: row.get(5)?,
-        state: groups::state_from_sql(&state)?,
-        handled_by: handled_by.map(groups::user_id_from_sql).transpose()?,
-        reason: row.get(8)?,
-        created_at: row.get(9)?,
-        handled_at: row.get(10)?,
-    })
+    groups::application_from_row(row)
+}
+
+impl groups::Columns for Row<'_> {
+    fn text(&self, i: usize) -> StoreResult<String> {
+        Ok(self.get(i)?)
+    }
+    fn opt_text(&self, i: usize) -> StoreResult<Option<String>> {
+        Ok(self.get(i)?)
+    }
+    fn int(&self, i: usize) -> StoreResult<i64> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> StoreResult<Option<i64>> {
+        Ok(self.get(i)?)
+    }
+    fn flag(&self, i: usize) -> StoreResult<bool> {
+        Ok(self.get(i)?)
+    }
 }
 
 /// Runs a query and maps every row.

@@ -124,7 +124,7 @@ async fn a_created_group_has_its_owner_and_members_and_everyone_is_told() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_clear_errors() {
-    let (_server, mut c) = setup(&["alice", "bob"]).await;
+    let (server, mut c) = setup(&["alice", "bob", "carol"]).await;
     assert_eq!(
         refused(&mut c[0], "group_create", json!({"name": "  "})).await,
         "bad_request"
@@ -188,6 +188,111 @@ async fn bad_inputs_get_clear_errors() {
         refused(&mut c[0], "group_update", json!({"name": "no id"})).await,
         "bad_request"
     );
+    // Paging, per-op limits and unknown ids.
+    let cases = [
+        (
+            "group_members",
+            json!({"group_id": "g1", "limit": 0}),
+            "bad_request",
+        ),
+        ("group_joined", json!({"limit": 201}), "bad_request"),
+        ("group_applications", json!({"box": "nope"}), "bad_request"),
+        (
+            "group_handle_application",
+            json!({"application_id": "999", "accept": true}),
+            "not_found",
+        ),
+        (
+            "group_add_counter",
+            json!({"group_id": "g1", "key": "k".repeat(33), "delta": 1}),
+            "too_large",
+        ),
+        (
+            "group_set_member",
+            json!({"group_id": "g1", "nickname": "n".repeat(101)}),
+            "too_large",
+        ),
+        ("group_allow_list", json!({"group_id": "g1"}), "bad_request"),
+        (
+            "group_block_list",
+            json!({"group_id": "g1", "add": [], "remove": []}),
+            "bad_request",
+        ),
+        (
+            "group_mute",
+            json!({"group_id": "g1", "user_ids": [], "seconds": 1}),
+            "bad_request",
+        ),
+        (
+            "group_kick",
+            json!({"group_id": "g1", "user_ids": ["alice"]}),
+            "bad_request",
+        ),
+        (
+            "group_set_attributes",
+            json!({"group_id": "g1", "set": {"k": null}}),
+            "bad_request",
+        ),
+        (
+            "group_transfer",
+            json!({"group_id": "g1", "to": "nobody"}),
+            "not_group_member",
+        ),
+        (
+            "group_counters",
+            json!({"group_id": "ghost"}),
+            "group_not_found",
+        ),
+    ];
+    for (op, data, want) in cases {
+        assert_eq!(
+            refused(&mut c[0], op, data.clone()).await,
+            want,
+            "{op} {data}"
+        );
+    }
+    // Outsiders may not read members' views; members may not read managers' views.
+    for op in ["group_attributes", "group_counters", "group_members"] {
+        let data = json!({"group_id": "g1"});
+        assert_eq!(
+            refused(&mut c[2], op, data.clone()).await,
+            "not_group_member",
+            "{op}"
+        );
+        ok(&mut c[1], op, data).await;
+    }
+    assert_eq!(
+        refused(
+            &mut c[2],
+            "group_members_info",
+            json!({"group_id": "g1", "user_ids": ["alice"]})
+        )
+        .await,
+        "not_group_member"
+    );
+    assert_eq!(
+        refused(&mut c[1], "group_blocks", json!({"group_id": "g1"})).await,
+        "forbidden",
+        "members may not read the block list"
+    );
+
+    // The REST API refuses the same bad inputs.
+    let (status, body) = server
+        .rest(
+            "POST",
+            "/v1/groups/g1/members",
+            Some(json!({"user_ids": []})),
+        )
+        .await;
+    assert_eq!((status, body["code"].clone()), (400, json!(1000)), "{body}");
+    let (status, body) = server
+        .rest("GET", "/v1/groups/g1/members?limit=0", None)
+        .await;
+    assert_eq!((status, body["code"].clone()), (400, json!(1000)), "{body}");
+    let (status, body) = server
+        .rest("PATCH", "/v1/groups/g1", Some(json!({"group_id": "other"})))
+        .await;
+    assert_eq!((status, body["code"].clone()), (400, json!(1000)), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,9 @@ use crate::Millis;
 use crate::error::ErrorBody;
 use crate::group;
 use crate::ids::{ConversationId, DeviceId, UserId};
-use crate::message::{ConversationState, DeviceInfo, Message, MessageContent, Peer, Platform};
+use crate::message::{
+    ConversationState, DeviceInfo, Mentions, Message, MessageContent, Peer, Platform,
+};
 
 /// Standard and Magpie-specific WebSocket close codes the server uses.
 pub mod close {
@@ -129,6 +131,9 @@ pub struct SendRequest {
     /// Free-form app data (a JSON object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ext: Option<Map<String, Value>>,
+    /// Members a group message mentions (group messages only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mentions: Option<Mentions>,
 }
 
 /// The answer to `send`: the message as stored (or, for a command, as delivered).
@@ -141,12 +146,20 @@ pub struct SendResponse {
     pub duplicate: bool,
 }
 
-/// `sync`: conversations of this user that changed after `since`.
+/// `sync`: conversations of this user that changed after `since`, and group conversations
+/// with activity after `groups_since`.
+///
+/// Two cursors, because a group message changes no per-member row: `since` follows the user's
+/// own change counter (one-to-one messages, their reads, their sends, mentions of them), and
+/// `groups_since` follows the store-wide group activity clock over the user's groups.
 #[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize)]
 pub struct SyncRequest {
     /// The `version` of the previous sync page (0 for a fresh device).
     #[serde(default)]
     pub since: u64,
+    /// The `groups_version` of the previous sync page (0 for a fresh device).
+    #[serde(default)]
+    pub groups_since: u64,
     /// Page size, 1 to 500 (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
@@ -159,7 +172,11 @@ pub struct SyncResponse {
     pub conversations: Vec<ConversationState>,
     /// Pass as `since` next time.
     pub version: u64,
-    /// More changes are waiting: ask again with `since = version`.
+    /// Pass as `groups_since` next time.
+    #[serde(default)]
+    pub groups_version: u64,
+    /// More changes are waiting: ask again with `since = version` and
+    /// `groups_since = groups_version`.
     pub has_more: bool,
 }
 
@@ -379,6 +396,10 @@ payloads!(Request, "A request's op and data.", {
     GroupAddCounter(group::AddCounterRequest) = "group_add_counter";
     /// The group counters.
     GroupCounters(group::GroupRef) = "group_counters";
+    /// Receive a group's messages or not (the caller stays a member either way).
+    GroupSetReceive(group::SetReceiveRequest) = "group_set_receive";
+    /// Who has (not) read a group message, or only how many.
+    GroupReadReceipts(group::ReadReceiptsRequest) = "group_read_receipts";
 });
 
 payloads!(Response, "A successful response's op and data.", {
@@ -452,6 +473,10 @@ payloads!(Response, "A successful response's op and data.", {
     GroupAddCounter(group::GroupCounters) = "group_add_counter";
     /// To `group_counters`.
     GroupCounters(group::GroupCounters) = "group_counters";
+    /// To `group_set_receive`.
+    GroupSetReceive(Empty) = "group_set_receive";
+    /// To `group_read_receipts`.
+    GroupReadReceipts(group::ReadReceipts) = "group_read_receipts";
 });
 
 payloads!(Event, "An event pushed by the server.", {
@@ -470,6 +495,8 @@ payloads!(Event, "An event pushed by the server.", {
     SyncRequired(Empty) = "sync_required";
     /// Something changed in a group the user belongs to, was invited to or applied to.
     Group(group::GroupEvent) = "group";
+    /// Members read some of this user's group messages: their new read counts.
+    GroupRead(group::GroupReadEvent) = "group_read";
 });
 
 /// A frame from client to server.

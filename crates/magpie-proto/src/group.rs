@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::Millis;
 pub use crate::ids::GroupId;
-use crate::ids::UserId;
+use crate::ids::{ConversationId, UserId};
 
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME_LEN: usize = 100;
@@ -134,6 +134,26 @@ pub struct GroupMember {
     /// May speak while the whole group is muted.
     #[serde(default)]
     pub allowed_when_all_muted: bool,
+    /// The first seq of the group conversation this member may read: where they joined, or 1
+    /// when the group shows its history to new members. Set by the server.
+    #[serde(default = "first_seq")]
+    pub visible_from_seq: u64,
+    /// Whether the member receives the group's messages (`false`: they stay a member but get
+    /// no message pushed; sync still counts them as unread).
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub receive_messages: bool,
+}
+
+fn first_seq() -> u64 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// What an application is.
@@ -815,4 +835,79 @@ pub struct AddCounterRequest {
 pub struct GroupCounters {
     /// Name → integer value.
     pub counters: Map<String, Value>,
+}
+
+/// `group_set_receive`: receive a group's messages or not.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetReceiveRequest {
+    /// The group.
+    pub group_id: GroupId,
+    /// `false`: stay a member but get no message pushed.
+    pub receive: bool,
+}
+
+/// `group_read_receipts`: who has read a group message.
+///
+/// In groups of up to the server's `groups.read_receipt_members` members (500 by default) the
+/// answer pages the members who have (`read: true`) or have not read it; in larger groups only
+/// the counts are given.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadReceiptsRequest {
+    /// The group conversation.
+    pub conversation_id: ConversationId,
+    /// The message's seq.
+    pub seq: u64,
+    /// List the readers (`true`, the default) or the members who have not read it.
+    #[serde(default = "yes")]
+    pub read: bool,
+    /// Page after this user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<UserId>,
+    /// Page size, 1 to 200 (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// The answer to `group_read_receipts`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReadReceipts {
+    /// The message's seq.
+    pub seq: u64,
+    /// Members (other than the sender) who have read it.
+    pub read_count: u32,
+    /// Members (other than the sender) who have not.
+    pub unread_count: u32,
+    /// One page of the asked list, by user id; absent in groups too large for lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_ids: Option<Vec<UserId>>,
+    /// Pass as `after` for the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<UserId>,
+}
+
+/// A message's read count, in a `group_read` event.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MessageReadCount {
+    /// The message's seq.
+    pub seq: u64,
+    /// Members (other than the sender) who have read it.
+    pub read_count: u32,
+    /// Members (other than the sender) who have not.
+    pub unread_count: u32,
+}
+
+/// The `group_read` event: a member read up to `read_seq`; new counts of the recipient's
+/// messages that this covered (the newest 100 at most, so the event stays small).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct GroupReadEvent {
+    /// The group conversation.
+    pub conversation_id: ConversationId,
+    /// Who read.
+    pub reader: UserId,
+    /// Up to which seq.
+    pub read_seq: u64,
+    /// The recipient's messages whose count changed, ascending by seq.
+    pub messages: Vec<MessageReadCount>,
 }

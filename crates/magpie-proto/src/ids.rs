@@ -133,14 +133,14 @@ impl<'de> Deserialize<'de> for MessageId {
     }
 }
 
-/// What kind of conversation an id names. Only one-to-one exists today; the others are
+/// What kind of conversation an id names. One-to-one and group exist today; the others are
 /// reserved so that ids and storage need no change when they arrive.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
     /// One-to-one: `c2c:<user a>:<user b>` with the two ids in byte order.
     C2c,
-    /// A group: `grp:<group id>` (reserved).
+    /// A group: `grp:<group id>`.
     Group,
     /// A chat room: `room:<room id>` (reserved).
     Room,
@@ -159,6 +159,18 @@ impl ConversationId {
     pub fn c2c(a: &UserId, b: &UserId) -> Self {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         Self(format!("c2c:{lo}:{hi}"))
+    }
+
+    /// A group's conversation.
+    pub fn group(group: &GroupId) -> Self {
+        Self(format!("grp:{group}"))
+    }
+
+    /// The group of a group conversation, `None` for other kinds.
+    pub fn group_id(&self) -> Option<GroupId> {
+        self.0
+            .strip_prefix("grp:")
+            .map(|id| GroupId(id.to_owned()))
     }
 
     /// Parses and validates a conversation id.

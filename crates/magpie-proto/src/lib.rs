@@ -29,7 +29,9 @@ pub use error::{ErrorBody, ErrorCode};
 pub use frame::{ClientFrame, Event, Request, Response, ServerFrame};
 pub use group::GroupId;
 pub use ids::{ConversationId, ConversationKind, DeviceId, MessageId, UserId};
-pub use message::{ConversationState, Message, MessageContent, Peer, Platform, PlatformClass};
+pub use message::{
+    ConversationState, Mentions, Message, MessageContent, Peer, Platform, PlatformClass,
+};
 
 /// The protocol version this crate speaks. It is carried in the WebSocket subprotocol name.
 pub const PROTOCOL_VERSION: u32 = 1;

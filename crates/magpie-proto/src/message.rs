@@ -6,12 +6,14 @@ use serde_json::{Map, Value};
 
 use crate::Millis;
 use crate::error::ErrorBody;
-use crate::ids::{ConversationId, ConversationKind, DeviceId, MessageId, UserId};
+use crate::ids::{ConversationId, ConversationKind, DeviceId, GroupId, MessageId, UserId};
 
 /// Longest `client_msg_id`, in bytes.
 pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;
 /// Longest URL in a media body, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
+/// Most users one message may mention by id.
+pub const MAX_MENTIONS: usize = 30;
 
 /// A text message.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
@@ -129,6 +131,38 @@ pub struct CommandBody {
     pub data: Value,
 }
 
+/// What a group notice reports.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupNoticeKind {
+    /// The group was created (`user_ids`: its first members).
+    Created,
+    /// Users joined or were added.
+    MemberJoined,
+    /// Users left.
+    MemberLeft,
+    /// Users were removed by an owner or admin.
+    MemberKicked,
+    /// The name, avatar, introduction, announcement or ext changed.
+    InfoChanged,
+    /// `user_ids[0]` is the new owner.
+    OwnerChanged,
+}
+
+/// A line in a group's timeline written by the server ("alice joined"). Stored with a seq like
+/// any message, so offline members see it in order; devices cannot send one.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+pub struct GroupNoticeBody {
+    /// What happened.
+    pub kind: GroupNoticeKind,
+    /// Who it happened to (at most 100 are listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_ids: Vec<UserId>,
+    /// How many users it happened to, when more than are listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_count: Option<u32>,
+}
+
 macro_rules! content_types {
     ($($(#[$doc:meta])* $variant:ident($body:ty) = $tag:literal;)*) => {
         /// What a message says. On the wire: `{"type": "<type>", "body": {...}}`.
@@ -212,6 +246,8 @@ content_types! {
     Custom(CustomBody) = "custom";
     /// A transient command (not stored).
     Command(CommandBody) = "command";
+    /// A server-written line in a group's timeline.
+    GroupNotice(GroupNoticeBody) = "group_notice";
 }
 
 impl MessageContent {
@@ -239,7 +275,7 @@ impl MessageContent {
             Self::Text(b) if b.text.is_empty() => {
                 Err(ErrorBody::bad_request("text must not be empty"))
             }
-            Self::Text(_) | Self::Custom(_) => Ok(()),
+            Self::Text(_) | Self::Custom(_) | Self::GroupNotice(_) => Ok(()),
             Self::Image(b) => url("image", &b.url),
             Self::Voice(b) => url("voice", &b.url),
             Self::Video(b) => url("video", &b.url),
@@ -279,12 +315,57 @@ pub fn validate_client_msg_id(id: &str) -> Result<(), ErrorBody> {
     Ok(())
 }
 
-/// Who a message is addressed to. On the wire: `{"kind": "user", "id": "bob"}`.
+/// Who a message is addressed to. On the wire: `{"kind": "user", "id": "bob"}` or
+/// `{"kind": "group", "id": "team-1"}`.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Peer {
     /// One user (a one-to-one conversation).
     User(UserId),
+    /// A group's members (the group conversation).
+    Group(GroupId),
+}
+
+impl Peer {
+    /// The conversation a message from `from` to this peer belongs to.
+    pub fn conversation_id(&self, from: &UserId) -> ConversationId {
+        match self {
+            Self::User(to) => ConversationId::c2c(from, to),
+            Self::Group(group) => ConversationId::group(group),
+        }
+    }
+
+    /// The id as a string: a user id or a group id.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::User(user) => user.as_str(),
+            Self::Group(group) => group.as_str(),
+        }
+    }
+}
+
+/// Who a group message mentions. On the wire: `{"user_ids": ["bob"], "all": false}`.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mentions {
+    /// Members mentioned by id (at most [`MAX_MENTIONS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_ids: Vec<UserId>,
+    /// Everyone in the group ("@all").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+impl Mentions {
+    /// Whether it mentions nobody.
+    pub fn is_empty(&self) -> bool {
+        self.user_ids.is_empty() && !self.all
+    }
+
+    /// Whether `user` is mentioned (by id or through "@all").
+    pub fn includes(&self, user: &UserId) -> bool {
+        self.all || self.user_ids.contains(user)
+    }
 }
 
 /// A message as stored and delivered.
@@ -308,6 +389,9 @@ pub struct Message {
     /// Free-form app data, a JSON object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ext: Option<Map<String, Value>>,
+    /// Who a group message mentions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mentions: Option<Mentions>,
     /// When the server accepted it (ms since the Unix epoch).
     pub server_time: Millis,
 }
@@ -328,6 +412,9 @@ pub struct ConversationState {
     pub read_seq: u64,
     /// `last_seq - read_seq`: own messages never count, because sending advances `read_seq`.
     pub unread_count: u64,
+    /// An unread message mentions this user (by id or "@all").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mentioned: bool,
     /// The newest message, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_message: Option<Message>,
@@ -412,6 +499,7 @@ mod tests {
             json!({"type": "location", "body": {"latitude": 48.85, "longitude": 2.35, "description": "Paris"}}),
             json!({"type": "custom", "body": {"data": {"card": 1}, "description": "a card"}}),
             json!({"type": "command", "body": {"name": "typing", "data": {"on": true}}}),
+            json!({"type": "group_notice", "body": {"kind": "member_joined", "user_ids": ["bob"]}}),
         ];
         assert_eq!(samples.len(), MessageContent::TYPES.len());
         for sample in samples {

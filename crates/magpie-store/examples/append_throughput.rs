@@ -81,6 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     client_msg_id: format!("m{n}"),
                     content: MessageContent::text(text.clone()),
                     ext: None,
+                    mentions: None,
                     server_time: 1_763_800_000_000 + n as i64,
                 };
                 store
@@ -88,6 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         NewMessage {
                             message,
                             participants: vec![from, to],
+                            mentioned: Vec::new(),
                         },
                         None,
                     )

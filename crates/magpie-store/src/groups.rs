@@ -80,6 +80,8 @@ pub struct MemberUpdate {
     pub muted_until: Option<Option<Millis>>,
     /// Allow-list membership.
     pub allowed_when_all_muted: Option<bool>,
+    /// Whether the member receives the group's messages.
+    pub receive_messages: Option<bool>,
 }
 
 /// One atomic change to a group.
@@ -227,6 +229,10 @@ pub trait GroupStore: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<GroupMember>>;
 
+    /// Every member's read position in the group conversation: the larger of their read seq
+    /// and the seq before their join point. Ordered by user id.
+    async fn group_read_positions(&self, group: &GroupId) -> StoreResult<Vec<(UserId, u64)>>;
+
     /// A page of the groups `user` is a member of, ordered by group id, after `after`.
     async fn joined_groups(
         &self,
@@ -314,8 +320,8 @@ pub(crate) trait Columns {
 }
 
 /// The member columns, in the order [`member_from_row`] reads them.
-pub(crate) const MEMBER_COLUMNS: &str =
-    "user_id, role, joined_at, nickname, attributes, muted_until, allowed_when_all_muted";
+pub(crate) const MEMBER_COLUMNS: &str = "user_id, role, joined_at, nickname, attributes, \
+     muted_until, allowed_when_all_muted, visible_from_seq, receive_messages";
 
 /// The application columns, in the order [`application_from_row`] reads them.
 pub(crate) const APPLICATION_COLUMNS: &str = "id, group_id, kind, from_user, user_id, message, \
@@ -365,6 +371,8 @@ pub(crate) fn member_from_row(row: &impl Columns) -> StoreResult<GroupMember> {
         attributes: map_from_sql(row.opt_text(4)?)?,
         muted_until: row.opt_int(5)?,
         allowed_when_all_muted: row.flag(6)?,
+        visible_from_seq: u64::try_from(row.int(7)?).map_err(|e| corrupt("visible_from_seq", e))?,
+        receive_messages: row.flag(8)?,
     })
 }
 
@@ -572,6 +580,8 @@ pub(crate) fn first_members(group: &NewGroup, now: Millis) -> StoreResult<Vec<Gr
                 attributes: Map::new(),
                 muted_until: None,
                 allowed_when_all_muted: false,
+                visible_from_seq: 1,
+                receive_messages: true,
             },
         );
     }
@@ -722,12 +732,36 @@ pub(crate) fn apply_member_update(member: &mut GroupMember, update: &MemberUpdat
     if let Some(allowed) = update.allowed_when_all_muted {
         member.allowed_when_all_muted = allowed;
     }
+    if let Some(receive) = update.receive_messages {
+        member.receive_messages = receive;
+    }
 }
 
-/// A new member's attributes never hold `null` values.
+/// A new member's attributes never hold `null` values, and a new member receives messages.
 pub(crate) fn clean_member(mut member: GroupMember) -> GroupMember {
     member.attributes.retain(|_, v| !v.is_null());
+    member.receive_messages = true;
     member
+}
+
+/// Sets where new members' history starts, given the group conversation's last seq: after it,
+/// or at 1 when the group shows its history to new members. A group's first members always
+/// start after it (a group re-created under a destroyed one's id does not show the old one's
+/// messages).
+pub(crate) fn set_join_point(
+    members: &mut [GroupMember],
+    last_seq: u64,
+    history_visible: bool,
+    creating: bool,
+) {
+    let from = if history_visible && !creating {
+        1
+    } else {
+        last_seq + 1
+    };
+    for member in members {
+        member.visible_from_seq = from;
+    }
 }
 
 /// `member_count` after adding `added` to `current`, or `GroupFull`.

@@ -71,9 +71,13 @@ pub struct NewUser {
 pub struct NewMessage {
     /// The message with its id, sender, addressee, content and server time filled in.
     pub message: Message,
-    /// The users whose conversation rows change: for one-to-one, sender and recipient.
+    /// The users whose conversation rows change: for one-to-one, sender and recipient; for a
+    /// group, the sender and the members mentioned by id (the other members' rows are not
+    /// written: they find the message through the group activity clock).
     /// Every one of them must exist, or the append fails with `UserNotFound`.
     pub participants: Vec<UserId>,
+    /// The participants whose row gets this message as their last mention.
+    pub mentioned: Vec<UserId>,
 }
 
 /// Called by the store right after the commit that made a message durable, before the
@@ -112,6 +116,8 @@ pub struct MessageQuery {
     pub anchor: Anchor,
     /// At most this many messages.
     pub limit: u32,
+    /// No message below this seq is returned (a group member's join point; 1 for all).
+    pub min_seq: u64,
 }
 
 /// A page of history, ascending by seq.
@@ -141,6 +147,55 @@ pub struct ReadOutcome {
     pub state: ConversationState,
     /// Whether the read seq moved (if not, nothing was written and no version was used).
     pub changed: bool,
+}
+
+/// Where a user stands in a conversation, as both backends read it; the rules that turn it
+/// into the [`ConversationState`] a device sees.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReadPosition {
+    /// The conversation's last seq.
+    pub(crate) last_seq: u64,
+    /// The user's stored read seq (0 if they have no row).
+    pub(crate) read_seq: u64,
+    /// The last message that mentioned the user by id.
+    pub(crate) mention_seq: u64,
+    /// The last message that mentioned everyone.
+    pub(crate) mention_all_seq: u64,
+    /// The user's join point (1 outside groups).
+    pub(crate) visible_from_seq: u64,
+}
+
+impl ReadPosition {
+    /// The read seq, never before the join point: what a member missed before joining is
+    /// neither unread nor shown.
+    pub(crate) fn effective_read_seq(&self) -> u64 {
+        self.read_seq.max(self.visible_from_seq.saturating_sub(1))
+    }
+
+    pub(crate) fn unread_count(&self) -> u64 {
+        self.last_seq.saturating_sub(self.effective_read_seq())
+    }
+
+    /// An unread message mentions the user.
+    pub(crate) fn mentioned(&self) -> bool {
+        self.mention_seq.max(self.mention_all_seq) > self.effective_read_seq()
+    }
+
+    /// Whether the user may see the message of this seq.
+    pub(crate) fn shows(&self, seq: u64) -> bool {
+        seq >= self.visible_from_seq
+    }
+}
+
+/// A message's mentions as stored (a JSON column, NULL if nobody is mentioned).
+pub(crate) fn mentions_json(message: &Message) -> StoreResult<Option<String>> {
+    message
+        .mentions
+        .as_ref()
+        .filter(|m| !m.is_empty())
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(StoreError::internal)
 }
 
 /// The largest snowflake node id: node ids are `0..=MAX_NODE_ID` (10 bits).
@@ -200,14 +255,24 @@ pub trait Store: GroupStore + Send + Sync + 'static {
         since: u64,
         limit: u32,
     ) -> StoreResult<SyncPage>;
-    /// A user's state of one conversation; `None` if the user has no row for it.
+    /// The group conversations of `user`'s groups whose activity stamp is above `since`,
+    /// ascending by stamp; the page's `version` is the stamp cursor to pass next time.
+    /// Read seqs are never below a member's join point (`visible_from_seq - 1`).
+    async fn changed_group_conversations(
+        &self,
+        user: &UserId,
+        since: u64,
+        limit: u32,
+    ) -> StoreResult<SyncPage>;
+    /// A user's state of one conversation; `None` if the user has no row for it (and, for a
+    /// group conversation, is not a member).
     async fn conversation_state(
         &self,
         user: &UserId,
         conversation: &ConversationId,
     ) -> StoreResult<Option<ConversationState>>;
     /// Moves a user's read seq forward (clamped to the last seq). `ConversationNotFound` if
-    /// the user has no row for the conversation.
+    /// the user has no row for the conversation and is not a member of its group.
     async fn mark_read(
         &self,
         user: &UserId,

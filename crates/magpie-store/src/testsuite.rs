@@ -15,7 +15,7 @@ use magpie_proto::group::{
     ApplicationKind, ApplicationState, GroupApplication, GroupId, GroupMember, GroupOptions,
     GroupRole, JoinPolicy,
 };
-use magpie_proto::message::Peer;
+use magpie_proto::message::{Mentions, Peer};
 use magpie_proto::rest::UpdateUser;
 use magpie_proto::{ConversationId, Message, MessageContent, MessageId, UserId};
 use serde_json::{Map, json};
@@ -77,6 +77,9 @@ macro_rules! store_test_suite {
             destroying_a_group_removes_everything_and_frees_its_id,
             member_count_stays_exact_under_concurrent_adds,
             group_writes_do_not_disturb_batched_appends,
+            group_messages_are_stored_once_and_found_through_the_activity_clock,
+            new_members_start_at_their_join_point,
+            mentions_mark_the_mentioned_until_they_read,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {
@@ -110,9 +113,45 @@ fn new_message(from: &str, to: &str, client_msg_id: &str, text: &str, time: i64)
             client_msg_id: client_msg_id.to_owned(),
             content: MessageContent::text(text),
             ext: None,
+            mentions: None,
             server_time: time,
         },
         participants: vec![from, to],
+        mentioned: Vec::new(),
+    }
+}
+
+/// A group message from `from`; `mentioned` by id, or everyone with `all`.
+fn group_message(
+    from: &str,
+    group: &str,
+    client_msg_id: &str,
+    mentioned: &[&str],
+    all: bool,
+) -> NewMessage {
+    let from = uid(from);
+    let mentioned: Vec<UserId> = mentioned.iter().map(|u| uid(u)).collect();
+    let mut participants = vec![from.clone()];
+    participants.extend(mentioned.iter().cloned());
+    let mentions = Mentions {
+        user_ids: mentioned.clone(),
+        all,
+    };
+    NewMessage {
+        message: Message {
+            id: MessageId(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            conversation_id: ConversationId::group(&gid(group)),
+            seq: 0,
+            from,
+            to: Peer::Group(gid(group)),
+            client_msg_id: client_msg_id.to_owned(),
+            content: MessageContent::text("hi all"),
+            ext: None,
+            mentions: (!mentions.is_empty()).then_some(mentions),
+            server_time: 100,
+        },
+        participants,
+        mentioned,
     }
 }
 
@@ -270,6 +309,7 @@ pub async fn retries_return_the_original_message<B: Backend>(b: &B) {
             direction: Direction::Forward,
             anchor: Anchor::None,
             limit: 10,
+            min_seq: 1,
         })
         .await
         .unwrap();
@@ -388,6 +428,7 @@ pub async fn history_pages_by_seq_and_time_in_both_directions<B: Backend>(b: &B)
                     direction,
                     anchor,
                     limit,
+                    min_seq: 1,
                 })
                 .await
                 .unwrap();
@@ -435,6 +476,7 @@ pub async fn history_pages_by_seq_and_time_in_both_directions<B: Backend>(b: &B)
             direction: Direction::Backward,
             anchor: Anchor::None,
             limit: 5,
+            min_seq: 1,
         })
         .await
         .unwrap();
@@ -782,6 +824,7 @@ pub async fn server_times_never_decrease_along_seqs<B: Backend>(b: &B) {
             direction: Direction::Forward,
             anchor: Anchor::Time(5_000),
             limit: 10,
+            min_seq: 1,
         })
         .await
         .unwrap();
@@ -797,6 +840,7 @@ pub async fn server_times_never_decrease_along_seqs<B: Backend>(b: &B) {
             direction: Direction::Backward,
             anchor: Anchor::Time(9_000),
             limit: 10,
+            min_seq: 1,
         })
         .await
         .unwrap();
@@ -980,6 +1024,8 @@ fn member(user: &str, role: GroupRole, now: i64) -> GroupMember {
         attributes: Map::new(),
         muted_until: None,
         allowed_when_all_muted: false,
+        visible_from_seq: 1,
+        receive_messages: true,
     }
 }
 
@@ -1419,6 +1465,7 @@ pub async fn roles_ownership_and_member_updates<B: Backend>(b: &B) {
                 attributes: Some(object(json!({"x": 1, "y": "two"}))),
                 muted_until: Some(Some(5_000)),
                 allowed_when_all_muted: Some(true),
+                receive_messages: None,
             },
         },
     )
@@ -2109,4 +2156,257 @@ pub async fn group_writes_do_not_disturb_batched_appends<B: Backend>(b: &B) {
         .unwrap()
         .unwrap();
     assert_eq!(state.last_seq, 50);
+}
+
+/// A user's group conversations changed since `since`: (conversation → state, next cursor).
+async fn group_sync<S: Store>(
+    store: &S,
+    user: &str,
+    since: u64,
+) -> (Vec<magpie_proto::ConversationState>, u64) {
+    let page = store
+        .changed_group_conversations(&uid(user), since, 100)
+        .await
+        .unwrap();
+    assert!(!page.has_more);
+    (page.conversations, page.version)
+}
+
+async fn append_ok<S: Store>(store: &S, message: NewMessage) -> Message {
+    let appended = store.append_message(message, None).await.unwrap();
+    assert!(!appended.duplicate);
+    appended.message
+}
+
+pub async fn group_messages_are_stored_once_and_found_through_the_activity_clock<B: Backend>(
+    b: &B,
+) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob", "carol"]).await;
+    let grp = ConversationId::group(&gid("g"));
+    // A new group shows up in its members' sync at once, empty.
+    store
+        .create_group(new_group("g", "alice", &["bob"], GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    let (states, bob_cursor) = group_sync(&store, "bob", 0).await;
+    assert_eq!(states.len(), 1);
+    assert_eq!((states[0].conversation_id.clone(), states[0].last_seq), (grp.clone(), 0));
+    assert!(group_sync(&store, "carol", 0).await.0.is_empty());
+
+    for i in 1..=3 {
+        let m = append_ok(&store, group_message("alice", "g", &format!("m{i}"), &[], false)).await;
+        assert_eq!(m.seq, i);
+        assert_eq!(m.to, Peer::Group(gid("g")));
+    }
+    // A retry is deduped like any message.
+    let retry = store
+        .append_message(group_message("alice", "g", "m2", &[], false), None)
+        .await
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(retry.message.seq, 2);
+
+    // Bob has no row of his own, yet sync finds the conversation with three unread.
+    let (states, cursor) = group_sync(&store, "bob", bob_cursor).await;
+    assert_eq!(states.len(), 1);
+    let bob = &states[0];
+    assert_eq!((bob.last_seq, bob.read_seq, bob.unread_count), (3, 0, 3));
+    assert_eq!(bob.last_message.as_ref().map(|m| m.seq), Some(3));
+    assert!(cursor > bob_cursor);
+    assert!(group_sync(&store, "bob", cursor).await.0.is_empty());
+    // The sender's own messages are read: their row moved with each send.
+    let alice = store.conversation_state(&uid("alice"), &grp).await.unwrap().unwrap();
+    assert_eq!((alice.read_seq, alice.unread_count), (3, 0));
+    // One more message: the conversation comes back above the cursor.
+    append_ok(&store, group_message("alice", "g", "m4", &[], false)).await;
+    let (states, _) = group_sync(&store, "bob", cursor).await;
+    assert_eq!(states.iter().map(|s| s.unread_count).collect::<Vec<_>>(), [4]);
+
+    // Bob reads without ever having had a row: the read creates it.
+    let read = store.mark_read(&uid("bob"), &grp, 2, 200).await.unwrap();
+    assert!(read.changed);
+    assert_eq!((read.state.read_seq, read.state.unread_count), (2, 2));
+    let again = store.mark_read(&uid("bob"), &grp, 1, 201).await.unwrap();
+    assert!(!again.changed);
+    assert_eq!(
+        store.group_read_positions(&gid("g")).await.unwrap(),
+        vec![(uid("alice"), 4), (uid("bob"), 2)]
+    );
+    // A non-member has nothing to read.
+    let err = store.mark_read(&uid("carol"), &grp, 1, 1).await.unwrap_err();
+    assert_eq!(err.kind(), StoreErrorKind::ConversationNotFound);
+
+    // Pages of the group sync follow the stamps; a cursor from the future starts over.
+    for g in ["h1", "h2", "h3"] {
+        store
+            .create_group(new_group(g, "carol", &[], GroupOptions::default()), 1)
+            .await
+            .unwrap();
+    }
+    let first = store.changed_group_conversations(&uid("carol"), 0, 2).await.unwrap();
+    assert!(first.has_more);
+    assert_eq!(first.conversations.len(), 2);
+    let rest = store
+        .changed_group_conversations(&uid("carol"), first.version, 2)
+        .await
+        .unwrap();
+    assert!(!rest.has_more);
+    let seen: BTreeSet<String> = first
+        .conversations
+        .iter()
+        .chain(&rest.conversations)
+        .map(|s| s.conversation_id.to_string())
+        .collect();
+    assert_eq!(seen.len(), 3);
+    let restarted = store
+        .changed_group_conversations(&uid("carol"), rest.version + 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(restarted.conversations.len(), 3);
+
+    // History holds each message once, addressed to the group.
+    let page = store
+        .get_messages(MessageQuery {
+            conversation_id: grp,
+            direction: Direction::Forward,
+            anchor: Anchor::None,
+            limit: 10,
+            min_seq: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+}
+
+pub async fn new_members_start_at_their_join_point<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob", "carol", "dave"]).await;
+    let grp = ConversationId::group(&gid("g"));
+    store
+        .create_group(new_group("g", "alice", &[], GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    for i in 1..=3 {
+        append_ok(&store, group_message("alice", "g", &format!("m{i}"), &[], false)).await;
+    }
+    write(&store, "g", GroupWrite::AddMembers(members(&["bob"], 5))).await;
+    let bob = store
+        .group_members_by_id(&gid("g"), &[uid("bob")])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(bob.visible_from_seq, 4);
+    // Nothing from before the join is unread or shown.
+    let (states, _) = group_sync(&store, "bob", 0).await;
+    let state = &states[0];
+    assert_eq!((state.last_seq, state.read_seq, state.unread_count), (3, 3, 0));
+    assert_eq!(state.last_message, None);
+    append_ok(&store, group_message("alice", "g", "m4", &[], false)).await;
+    let state = store.conversation_state(&uid("bob"), &grp).await.unwrap().unwrap();
+    assert_eq!((state.read_seq, state.unread_count), (3, 1));
+    assert_eq!(state.last_message.map(|m| m.seq), Some(4));
+    // Reading below the join point changes nothing.
+    assert!(!store.mark_read(&uid("bob"), &grp, 2, 9).await.unwrap().changed);
+    let page = store
+        .get_messages(MessageQuery {
+            conversation_id: grp.clone(),
+            direction: Direction::Backward,
+            anchor: Anchor::None,
+            limit: 10,
+            min_seq: bob.visible_from_seq,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [4]);
+    assert!(!page.has_more);
+
+    // With history shown to new members, a newcomer starts at 1.
+    write(
+        &store,
+        "g",
+        GroupWrite::UpdateInfo(GroupInfoUpdate {
+            options: Some(GroupOptions {
+                history_visible_to_new_members: true,
+                ..GroupOptions::default()
+            }),
+            ..GroupInfoUpdate::default()
+        }),
+    )
+    .await;
+    write(&store, "g", GroupWrite::AddMembers(members(&["carol"], 6))).await;
+    let carol = store.conversation_state(&uid("carol"), &grp).await.unwrap().unwrap();
+    assert_eq!((carol.read_seq, carol.unread_count), (0, 4));
+    // Blocking the group's messages is kept on the membership.
+    let updated = write(
+        &store,
+        "g",
+        GroupWrite::UpdateMembers {
+            user_ids: vec![uid("carol")],
+            update: MemberUpdate {
+                receive_messages: Some(false),
+                ..MemberUpdate::default()
+            },
+        },
+    )
+    .await;
+    assert!(updated.info.version > 1);
+    let carol = store
+        .group_members_by_id(&gid("g"), &[uid("carol")])
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!carol.receive_messages);
+    assert_eq!(carol.visible_from_seq, 1);
+}
+
+pub async fn mentions_mark_the_mentioned_until_they_read<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob", "carol"]).await;
+    let grp = ConversationId::group(&gid("g"));
+    store
+        .create_group(new_group("g", "alice", &["bob", "carol"], GroupOptions::default()), 1)
+        .await
+        .unwrap();
+    let state = |user: &'static str| {
+        let (store, grp) = (&store, grp.clone());
+        async move { store.conversation_state(&uid(user), &grp).await.unwrap().unwrap() }
+    };
+    let before = store.changed_conversations(&uid("bob"), 0, 100).await.unwrap().version;
+    let sent = append_ok(&store, group_message("alice", "g", "m1", &["bob"], false)).await;
+    assert_eq!(sent.mentions.as_ref().map(|m| m.user_ids.clone()), Some(vec![uid("bob")]));
+    // The mention is a change of Bob's own: his sync by version sees it.
+    let page = store.changed_conversations(&uid("bob"), before, 100).await.unwrap();
+    assert_eq!(page.conversations.len(), 1);
+    assert!(page.conversations[0].mentioned);
+    assert!(state("bob").await.mentioned);
+    assert!(!state("carol").await.mentioned);
+    append_ok(&store, group_message("alice", "g", "m2", &[], false)).await;
+    assert!(state("bob").await.mentioned);
+    // Reading past the mention clears it; reading up to just before keeps it.
+    let read = store.mark_read(&uid("bob"), &grp, 0, 5).await.unwrap();
+    assert!(!read.changed);
+    assert!(read.state.mentioned);
+    let read = store.mark_read(&uid("bob"), &grp, 1, 5).await.unwrap();
+    assert!(!read.state.mentioned);
+    // "@all" marks everyone, without a row per member.
+    append_ok(&store, group_message("alice", "g", "m3", &[], true)).await;
+    let (states, _) = group_sync(&store, "carol", 0).await;
+    assert!(states[0].mentioned);
+    assert!(state("bob").await.mentioned);
+    assert!(!state("alice").await.mentioned, "the sender read their own message");
+    let history = store
+        .get_messages(MessageQuery {
+            conversation_id: grp.clone(),
+            direction: Direction::Forward,
+            anchor: Anchor::None,
+            limit: 10,
+            min_seq: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(history.messages[2].mentions.as_ref().map(|m| m.all), Some(true));
+    assert_eq!(history.messages[1].mentions, None);
+    let read = store.mark_read(&uid("carol"), &grp, 3, 6).await.unwrap();
+    assert!(!read.state.mentioned);
 }

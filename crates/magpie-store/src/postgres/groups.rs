@@ -10,7 +10,7 @@ use magpie_proto::group::{
     ApplicationKind, ApplicationState, GroupApplication, GroupId, GroupMember, GroupRole,
     JoinPolicy,
 };
-use magpie_proto::{Millis, UserId};
+use magpie_proto::{ConversationId, Millis, UserId};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
@@ -377,6 +377,26 @@ async fn lock_users<C: GenericClient + Sync>(
     }
 }
 
+/// The group conversation's last committed seq (0 before its first message). An append
+/// committing meanwhile may give a new member one message from before their join: harmless.
+async fn last_seq<C: GenericClient + Sync>(
+    client: &C,
+    statements: &mut Statements,
+    conversation: &ConversationId,
+) -> StoreResult<u64> {
+    let rows = query(
+        client,
+        statements,
+        "SELECT last_seq FROM conversations WHERE id = $1",
+        &[&conversation.as_str()],
+    )
+    .await?;
+    match rows.first() {
+        Some(row) => Ok(row.try_get::<_, i64>(0)?.max(0) as u64),
+        None => Ok(0),
+    }
+}
+
 async fn insert_members<C: GenericClient + Sync>(
     client: &C,
     statements: &mut Statements,
@@ -399,13 +419,14 @@ async fn insert_members<C: GenericClient + Sync>(
         .collect::<StoreResult<_>>()?;
     let muted: Vec<Option<i64>> = members.iter().map(|m| m.muted_until).collect();
     let allowed: Vec<bool> = members.iter().map(|m| m.allowed_when_all_muted).collect();
+    let visible_from: Vec<i64> = members.iter().map(|m| m.visible_from_seq as i64).collect();
     execute(
         client,
         statements,
         "INSERT INTO group_members (group_id, user_id, role, joined_at, nickname, attributes, \
-           muted_until, allowed_when_all_muted) \
+           muted_until, allowed_when_all_muted, visible_from_seq) \
          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::int8[], $5::text[], $6::text[], \
-           $7::int8[], $8::bool[]) ORDER BY 1",
+           $7::int8[], $8::bool[], $9::int8[]) ORDER BY 1",
         &[
             &group.as_str(),
             &users,
@@ -415,6 +436,7 @@ async fn insert_members<C: GenericClient + Sync>(
             &attributes,
             &muted,
             &allowed,
+            &visible_from,
         ],
     )
     .await?;
@@ -443,14 +465,16 @@ async fn save_members<C: GenericClient + Sync>(
         .collect::<StoreResult<_>>()?;
     let muted: Vec<Option<i64>> = members.iter().map(|m| m.muted_until).collect();
     let allowed: Vec<bool> = members.iter().map(|m| m.allowed_when_all_muted).collect();
+    let receive: Vec<bool> = members.iter().map(|m| m.receive_messages).collect();
     execute(
         client,
         statements,
         "UPDATE group_members m SET role = v.role, nickname = v.nickname, \
            attributes = v.attributes, muted_until = v.muted_until, \
-           allowed_when_all_muted = v.allowed \
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[]) \
-           AS v(user_id, role, nickname, attributes, muted_until, allowed) \
+           allowed_when_all_muted = v.allowed, receive_messages = v.receive \
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::bool[], \
+           $8::bool[]) \
+           AS v(user_id, role, nickname, attributes, muted_until, allowed, receive) \
          WHERE m.group_id = $1 AND m.user_id = v.user_id",
         &[
             &group.as_str(),
@@ -460,6 +484,7 @@ async fn save_members<C: GenericClient + Sync>(
             &attributes,
             &muted,
             &allowed,
+            &receive,
         ],
     )
     .await?;
@@ -575,7 +600,26 @@ pub(super) async fn create_group(
     }
     let ids: Vec<UserId> = members.iter().map(|m| m.user_id.clone()).collect();
     lock_users(&tx, statements, &ids).await?;
+    let conversation = ConversationId::group(&group.group_id);
+    let mut members = members;
+    groups::set_join_point(
+        &mut members,
+        last_seq(&tx, statements, &conversation).await?,
+        false,
+        true,
+    );
     insert_members(&tx, statements, &group.group_id, &members).await?;
+    // The conversation exists from the start, stamped (last: the stamp's lock is held to the
+    // commit), so the members' next sync shows it.
+    execute(
+        &tx,
+        statements,
+        "INSERT INTO conversations (id, kind, created_at) VALUES ($1, 'group', $2) \
+         ON CONFLICT (id) DO NOTHING",
+        &[&conversation.as_str(), &now],
+    )
+    .await?;
+    super::writer::stamp_groups(&tx, statements, &[conversation.as_str()], &[0]).await?;
     tx.commit().await?;
     Ok(record)
 }
@@ -621,6 +665,13 @@ pub(super) async fn write_group(
             lock_users(&tx, statements, &ids).await?;
             check_blocks(&tx, statements, id, &ids, now).await?;
             record.info.member_count = groups::count_after_adding(&record, new.len())?;
+            let last = last_seq(&tx, statements, &ConversationId::group(id)).await?;
+            groups::set_join_point(
+                &mut new,
+                last,
+                record.info.options.history_visible_to_new_members,
+                false,
+            );
             insert_members(&tx, statements, id, &new).await?;
         }
         GroupWrite::RemoveMembers(users) => {

@@ -229,6 +229,16 @@ impl GroupStore for PgStore {
             .await
     }
 
+    async fn group_read_positions(&self, group: &GroupId) -> StoreResult<Vec<(UserId, u64)>> {
+        self.check_open()?;
+        let group = group.clone();
+        self.pool
+            .run("group_read_positions", move |c| {
+                Box::pin(async move { reader::group_read_positions(c, &group).await })
+            })
+            .await
+    }
+
     async fn joined_groups(
         &self,
         user: &UserId,
@@ -409,6 +419,7 @@ impl Store for PgStore {
                 content: serde_json::to_string(&message.message.content)
                     .map_err(StoreError::internal)?,
                 ext: rows::json_object(message.message.ext.as_ref())?,
+                mentions: crate::mentions_json(&message.message)?,
                 new: message,
             };
             let conversation = encoded.new.message.conversation_id.clone();
@@ -446,6 +457,23 @@ impl Store for PgStore {
         self.pool
             .run("changed_conversations", move |c| {
                 Box::pin(async move { reader::changed_conversations(c, &user, since, limit).await })
+            })
+            .await
+    }
+
+    async fn changed_group_conversations(
+        &self,
+        user: &UserId,
+        since: u64,
+        limit: u32,
+    ) -> StoreResult<SyncPage> {
+        self.check_open()?;
+        let user = user.clone();
+        self.pool
+            .run("changed_group_conversations", move |c| {
+                Box::pin(async move {
+                    reader::changed_group_conversations(c, &user, since, limit).await
+                })
             })
             .await
     }

@@ -73,47 +73,48 @@ pub(super) async fn get_messages(conn: &mut PgConn, q: &MessageQuery) -> StoreRe
     };
     // Fetch one extra row to learn whether the page is the last one.
     let limit = i64::from(q.limit) + 1;
+    let min_seq = q.min_seq.min(i64::MAX as u64) as i64;
     let rows = match (q.direction, anchor) {
         (Direction::Backward, Anchor::Seq(seq)) => {
             let sql = sql!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 \
-                 AND m.seq < $2 ORDER BY m.seq DESC LIMIT $3"
+                 AND m.seq < $2 AND m.seq >= $4 ORDER BY m.seq DESC LIMIT $3"
             );
             let statement = conn.statements.get(&conn.client, sql).await?;
             let bound = seq.min(i64::MAX as u64) as i64;
             conn.client
-                .query(&statement, &[&conversation, &bound, &limit])
+                .query(&statement, &[&conversation, &bound, &limit, &min_seq])
                 .await?
         }
         (Direction::Forward, Anchor::Seq(seq)) => {
             let sql = sql!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 \
-                 AND m.seq > $2 ORDER BY m.seq ASC LIMIT $3"
+                 AND m.seq > $2 AND m.seq >= $4 ORDER BY m.seq ASC LIMIT $3"
             );
             let statement = conn.statements.get(&conn.client, sql).await?;
             let bound = seq.min(i64::MAX as u64) as i64;
             conn.client
-                .query(&statement, &[&conversation, &bound, &limit])
+                .query(&statement, &[&conversation, &bound, &limit, &min_seq])
                 .await?
         }
         (Direction::Backward, _) => {
             let sql = sql!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 \
-                 ORDER BY m.seq DESC LIMIT $2"
+                 AND m.seq >= $3 ORDER BY m.seq DESC LIMIT $2"
             );
             let statement = conn.statements.get(&conn.client, sql).await?;
             conn.client
-                .query(&statement, &[&conversation, &limit])
+                .query(&statement, &[&conversation, &limit, &min_seq])
                 .await?
         }
         (Direction::Forward, _) => {
             let sql = sql!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = $1 \
-                 ORDER BY m.seq ASC LIMIT $2"
+                 AND m.seq >= $3 ORDER BY m.seq ASC LIMIT $2"
             );
             let statement = conn.statements.get(&conn.client, sql).await?;
             conn.client
-                .query(&statement, &[&conversation, &limit])
+                .query(&statement, &[&conversation, &limit, &min_seq])
                 .await?
         }
     };
@@ -183,7 +184,59 @@ pub(super) async fn changed_conversations(
     })
 }
 
-/// One user's state of one conversation, with its last message.
+pub(super) async fn changed_group_conversations(
+    conn: &mut PgConn,
+    user: &UserId,
+    since: u64,
+    limit: u32,
+) -> StoreResult<SyncPage> {
+    // One statement, one snapshot. Stamps become visible in stamp order (they are taken under
+    // an advisory lock held to the commit), so the largest stamp this snapshot sees is a cursor
+    // below which nothing can still appear. A cursor above it (a restored backup) starts over.
+    let sql = sql!(
+        "WITH clock AS (SELECT COALESCE(MAX(activity), 0) AS now FROM conversations \
+           WHERE kind = 'group') \
+         SELECT clock.now, s.* FROM clock LEFT JOIN LATERAL ({} \
+           WHERE gm.user_id = $1 \
+             AND c.activity > (CASE WHEN $2 > clock.now THEN 0 ELSE $2 END) \
+             AND c.activity <= clock.now \
+           ORDER BY c.activity LIMIT $3) s ON true",
+        rows::GROUP_STATE_SELECT
+    );
+    let statement = conn.statements.get(&conn.client, sql).await?;
+    let since = since.min(i64::MAX as u64) as i64;
+    let rows = conn
+        .client
+        .query(
+            &statement,
+            &[&user.as_str(), &since, &(i64::from(limit) + 1)],
+        )
+        .await?;
+    let mut clock = 0;
+    let mut stamped = Vec::with_capacity(rows.len());
+    for row in &rows {
+        clock = row.try_get::<_, i64>(0)? as u64;
+        if row.try_get::<_, Option<String>>(1)?.is_some() {
+            let stamp = row.try_get::<_, i64>(1 + rows::ACTIVITY_COLUMN)? as u64;
+            stamped.push((rows::conversation_state(row, 1)?, stamp));
+        }
+    }
+    stamped.sort_by_key(|(_, stamp)| *stamp);
+    let has_more = stamped.len() > limit as usize;
+    stamped.truncate(limit as usize);
+    let version = match stamped.last() {
+        Some((_, stamp)) if has_more => *stamp,
+        _ => clock,
+    };
+    Ok(SyncPage {
+        conversations: stamped.into_iter().map(|(state, _)| state).collect(),
+        version,
+        has_more,
+    })
+}
+
+/// One user's state of one conversation, with its last message; for a group conversation
+/// without a row of the user's, their state as a member.
 pub(super) async fn conversation_state<C: tokio_postgres::GenericClient + Sync>(
     client: &C,
     statements: &mut super::conn::Statements,
@@ -195,9 +248,45 @@ pub(super) async fn conversation_state<C: tokio_postgres::GenericClient + Sync>(
          WHERE uc.user_id = $1 AND uc.conversation_id = $2"
     );
     let statement = statements.get(client, sql).await?;
-    client
+    if let Some(row) = client
         .query_opt(&statement, &[&user.as_str(), &conversation.as_str()])
+        .await?
+    {
+        return rows::conversation_state(&row, 0).map(Some);
+    }
+    let Some(group) = conversation.group_id() else {
+        return Ok(None);
+    };
+    let sql = sql!(
+        "{} WHERE gm.user_id = $1 AND gm.group_id = $2",
+        rows::GROUP_STATE_SELECT
+    );
+    let statement = statements.get(client, sql).await?;
+    client
+        .query_opt(&statement, &[&user.as_str(), &group.as_str()])
         .await?
         .map(|row| rows::conversation_state(&row, 0))
         .transpose()
+}
+
+/// Every member's read position (see [`crate::GroupStore::group_read_positions`]).
+pub(super) async fn group_read_positions(
+    conn: &mut PgConn,
+    group: &magpie_proto::group::GroupId,
+) -> StoreResult<Vec<(UserId, u64)>> {
+    let sql = "SELECT gm.user_id, GREATEST(COALESCE(uc.read_seq, 0), gm.visible_from_seq - 1) \
+         FROM group_members gm \
+         LEFT JOIN user_conversations uc \
+           ON uc.user_id = gm.user_id AND uc.conversation_id = 'grp:' || gm.group_id \
+         WHERE gm.group_id = $1 ORDER BY gm.user_id";
+    let statement = conn.statements.get(&conn.client, sql).await?;
+    conn.client
+        .query(&statement, &[&group.as_str()])
+        .await?
+        .iter()
+        .map(|row| {
+            let user = crate::groups::user_id_from_sql(row.try_get(0)?)?;
+            Ok((user, row.try_get::<_, i64>(1)?.max(0) as u64))
+        })
+        .collect()
 }

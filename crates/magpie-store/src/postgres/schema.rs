@@ -11,6 +11,7 @@ use crate::{StoreError, StoreErrorKind, StoreResult};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_groups.sql"),
+    include_str!("../../migrations/postgres/0003_group_messages.sql"),
 ];
 
 /// The advisory lock key of migrations ("magpie" and 0).

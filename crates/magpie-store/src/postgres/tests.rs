@@ -59,9 +59,11 @@ fn message(id: u64, from: &str, to: &str, client_msg_id: &str) -> NewMessage {
             client_msg_id: client_msg_id.to_owned(),
             content: MessageContent::text("x"),
             ext: None,
+            mentions: None,
             server_time: 1,
         },
         participants: vec![from, to],
+        mentioned: Vec::new(),
     }
 }
 
@@ -146,6 +148,7 @@ async fn three_nodes_share_one_conversation_without_gaps_or_duplicates() {
                 direction: Direction::Forward,
                 anchor: Anchor::None,
                 limit: 1000,
+                min_seq: 1,
             })
             .await
             .unwrap();
@@ -379,6 +382,8 @@ async fn two_nodes_keep_member_count_exact_and_dedupe_applications() {
         attributes: serde_json::Map::new(),
         muted_until: None,
         allowed_when_all_muted: false,
+        visible_from_seq: 1,
+        receive_messages: true,
     };
     nodes[0]
         .create_group(

@@ -27,8 +27,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use magpie_proto::message::Peer;
-use magpie_proto::{ConversationId, Message, Millis, UserId};
+use magpie_proto::{ConversationId, ConversationKind, Message, Millis, UserId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::conn::{Connector, PgConn};
@@ -48,6 +47,7 @@ pub(super) struct EncodedMessage {
     pub(super) new: NewMessage,
     pub(super) content: String,
     pub(super) ext: Option<String>,
+    pub(super) mentions: Option<String>,
 }
 
 /// A write for a writer, with where to send its result.
@@ -309,9 +309,10 @@ const LOCK_CONVERSATIONS: &str = "SELECT id, last_seq, last_time FROM conversati
 const LOCK_USERS: &str = "SELECT id, deleted, sync_version FROM users \
      WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE";
 const INSERT_MESSAGES: &str = "INSERT INTO messages \
-     (conversation_id, seq, id, sender, recipient, client_msg_id, content, ext, server_time) \
+     (conversation_id, seq, id, sender, recipient, client_msg_id, content, ext, server_time, \
+      mentions) \
      SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], \
-       $6::text[], $7::text[], $8::text[], $9::int8[])";
+       $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[])";
 const UPDATE_CONVERSATIONS: &str = "UPDATE conversations c \
      SET last_seq = v.last_seq, last_time = v.last_time \
      FROM unnest($1::text[], $2::int8[], $3::int8[]) AS v(id, last_seq, last_time) \
@@ -319,16 +320,27 @@ const UPDATE_CONVERSATIONS: &str = "UPDATE conversations c \
 const UPDATE_USERS: &str = "UPDATE users u SET sync_version = v.version \
      FROM unnest($1::text[], $2::int8[]) AS v(id, version) WHERE u.id = v.id";
 const UPSERT_ROWS: &str = "INSERT INTO user_conversations \
-     (user_id, conversation_id, peer, read_seq, version, updated_at) \
-     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[]) \
+     (user_id, conversation_id, peer, read_seq, version, updated_at, mention_seq) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], \
+       $7::int8[]) \
      ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
        version = excluded.version, updated_at = excluded.updated_at, \
-       read_seq = GREATEST(user_conversations.read_seq, excluded.read_seq)";
+       read_seq = GREATEST(user_conversations.read_seq, excluded.read_seq), \
+       mention_seq = GREATEST(user_conversations.mention_seq, excluded.mention_seq)";
+/// Taken, transaction-scoped, by every transaction that stamps group activity, right before
+/// its commit: stamps then become visible in stamp order (see migration 0003).
+pub(super) const GROUP_ACTIVITY_LOCK: i64 = 0x6d61_6770_6965_6761; // "magpiega"
+/// Stamps group conversations (and records their last "@all"), after taking the lock.
+pub(super) const STAMP_GROUPS: &str = "UPDATE conversations c \
+     SET activity = nextval('group_activity'), \
+       mention_all_seq = GREATEST(c.mention_all_seq, v.mention_all) \
+     FROM unnest($1::text[], $2::int8[]) AS v(id, mention_all) WHERE c.id = v.id";
 
 /// A participant's conversation row as the batch leaves it.
 struct PendingRow {
     peer: Option<UserId>,
     read_seq: i64,
+    mention_seq: i64,
     version: i64,
     updated_at: Millis,
 }
@@ -345,6 +357,7 @@ struct MessageColumns<'a> {
     content: Vec<&'a str>,
     ext: Vec<Option<&'a str>>,
     server_time: Vec<i64>,
+    mentions: Vec<Option<&'a str>>,
 }
 
 type DedupeKey = (String, String, String);
@@ -460,6 +473,8 @@ async fn apply_appends(
     let mut pending: BTreeMap<(String, String), PendingRow> = BTreeMap::new();
     let mut bumped: BTreeSet<String> = BTreeSet::new();
     let mut touched: BTreeSet<String> = BTreeSet::new();
+    // Group conversations of the batch → the last message mentioning everyone (0: none).
+    let mut groups_touched: BTreeMap<&str, i64> = BTreeMap::new();
     for encoded in batch {
         let new = &encoded.new;
         let key = dedupe_key(&new.message);
@@ -493,23 +508,30 @@ async fn apply_appends(
         let mut message = new.message.clone();
         message.seq = seq as u64;
         message.server_time = time;
-        let Peer::User(recipient) = &new.message.to;
         columns.conversation.push(conversation);
         columns.seq.push(seq);
         columns.id.push(message.id.0 as i64);
         columns.sender.push(new.message.from.as_str());
-        columns.recipient.push(recipient.as_str());
+        columns.recipient.push(new.message.to.id());
         columns.client_msg_id.push(&new.message.client_msg_id);
         columns.content.push(&encoded.content);
         columns.ext.push(encoded.ext.as_deref());
         columns.server_time.push(time);
+        columns.mentions.push(encoded.mentions.as_deref());
         touched.insert(conversation.to_owned());
+        if new.message.conversation_id.kind() == ConversationKind::Group {
+            let mention_all = groups_touched.entry(conversation).or_default();
+            if new.message.mentions.as_ref().is_some_and(|m| m.all) {
+                *mention_all = seq;
+            }
+        }
         for user in &new.participants {
             let version = versions.entry(user.as_str().to_owned()).or_default();
             *version += 1;
             let version = *version;
             bumped.insert(user.as_str().to_owned());
             let read_seq = if *user == message.from { seq } else { 0 };
+            let mention_seq = if new.mentioned.contains(user) { seq } else { 0 };
             // Held until the end of the batch: several messages of one conversation in a
             // batch write each participant's row once.
             let row = pending
@@ -517,11 +539,13 @@ async fn apply_appends(
                 .or_insert_with(|| PendingRow {
                     peer: message.conversation_id.c2c_peer(user),
                     read_seq: 0,
+                    mention_seq: 0,
                     version,
                     updated_at: time,
                 });
             row.version = version;
             row.read_seq = row.read_seq.max(read_seq);
+            row.mention_seq = row.mention_seq.max(mention_seq);
             row.updated_at = time;
         }
         originals.insert(key, message.clone());
@@ -560,6 +584,7 @@ async fn apply_appends(
         let row_reads: Vec<i64> = pending.values().map(|r| r.read_seq).collect();
         let row_versions: Vec<i64> = pending.values().map(|r| r.version).collect();
         let row_times: Vec<i64> = pending.values().map(|r| r.updated_at).collect();
+        let row_mentions: Vec<i64> = pending.values().map(|r| r.mention_seq).collect();
         let c = &columns;
         futures_util::future::try_join4(
             tx.execute(
@@ -574,6 +599,7 @@ async fn apply_appends(
                     &c.content,
                     &c.ext,
                     &c.server_time,
+                    &c.mentions,
                 ],
             ),
             tx.execute(&update_conversations, &[&conv_ids, &conv_seqs, &conv_times]),
@@ -587,13 +613,36 @@ async fn apply_appends(
                     &row_reads,
                     &row_versions,
                     &row_times,
+                    &row_mentions,
                 ],
             ),
         )
         .await?;
     }
+    if !groups_touched.is_empty() {
+        let ids: Vec<&str> = groups_touched.keys().copied().collect();
+        let mention_all: Vec<i64> = groups_touched.values().copied().collect();
+        stamp_groups(&tx, &mut conn.statements, &ids, &mention_all).await?;
+    }
     tx.commit().await?;
     Ok(outcomes)
+}
+
+/// Stamps group conversations with the group activity clock, as the last thing before the
+/// commit: the lock it takes is held to the end of the transaction, so hold it briefly.
+pub(super) async fn stamp_groups(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &mut super::conn::Statements,
+    ids: &[&str],
+    mention_all: &[i64],
+) -> StoreResult<()> {
+    let lock = statements
+        .get(tx, "SELECT pg_advisory_xact_lock($1)")
+        .await?;
+    tx.execute(&lock, &[&GROUP_ACTIVITY_LOCK]).await?;
+    let stamp = statements.get(tx, STAMP_GROUPS).await?;
+    tx.execute(&stamp, &[&ids, &mention_all]).await?;
+    Ok(())
 }
 
 async fn mark_read(
@@ -639,15 +688,21 @@ async fn mark_read(
         .statements
         .get(&tx, "UPDATE users SET sync_version = $2 WHERE id = $1")
         .await?;
+    // A group member who never sent, read or was mentioned has no row yet: this creates it.
     let update = conn
         .statements
         .get(
             &tx,
-            "UPDATE user_conversations SET read_seq = $3, version = $4, updated_at = $5 \
-             WHERE user_id = $1 AND conversation_id = $2",
+            "INSERT INTO user_conversations \
+               (user_id, conversation_id, peer, read_seq, version, updated_at) \
+             VALUES ($1, $2, $6, $3, $4, $5) \
+             ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
+               read_seq = excluded.read_seq, version = excluded.version, \
+               updated_at = excluded.updated_at",
         )
         .await?;
     let target_sql = target as i64;
+    let peer = state.peer.as_ref().map(UserId::as_str);
     futures_util::future::try_join(
         tx.execute(&bump, &[&user.as_str(), &version]),
         tx.execute(
@@ -658,15 +713,16 @@ async fn mark_read(
                 &target_sql,
                 &version,
                 &now,
+                &peer,
             ],
         ),
     )
     .await?;
+    let mut state = reader::conversation_state(&tx, &mut conn.statements, user, conversation)
+        .await?
+        .ok_or_else(not_found)?;
     tx.commit().await?;
-    state.read_seq = target;
-    state.unread_count = state.last_seq - target;
-    state.version = version as u64;
-    state.updated_at = now;
+    state.last_message = None;
     Ok(ReadOutcome {
         state,
         changed: true,

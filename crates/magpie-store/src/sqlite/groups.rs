@@ -11,10 +11,10 @@ use std::collections::{HashMap, HashSet};
 use magpie_proto::group::{
     ApplicationState, GroupApplication, GroupId, GroupMember, GroupRole, JoinPolicy,
 };
-use magpie_proto::{Millis, UserId};
+use magpie_proto::{ConversationId, Millis, UserId};
 use rusqlite::{Connection, OptionalExtension, Row};
 
-use super::writer::{Completion, Reply, complete};
+use super::writer::{Completion, Reply, complete, stamp_group_activity};
 use crate::groups::{
     self, APPLICATION_COLUMNS, ApplicationFilter, GroupRecord, GroupWrite, MEMBER_COLUMNS,
     NewApplication, NewGroup, application_id, conflict, group_not_found, not_member,
@@ -497,14 +497,42 @@ fn require_members(
     }
 }
 
+/// The group conversation's last seq (0 before its first message), as this transaction sees it.
+fn last_seq(conn: &Connection, conversation: &ConversationId) -> StoreResult<u64> {
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT MAX(seq) FROM messages WHERE conversation_id = ?1")?
+        .query_row([conversation.as_str()], |r| r.get(0))?;
+    Ok(last.unwrap_or(0) as u64)
+}
+
+/// Every member's read position (see [`crate::GroupStore::group_read_positions`]).
+pub(super) fn read_positions(conn: &Connection, group: &GroupId) -> StoreResult<Vec<(UserId, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT gm.user_id, max(COALESCE(uc.read_seq, 0), gm.visible_from_seq - 1) \
+         FROM group_members gm \
+         LEFT JOIN user_conversations uc \
+           ON uc.user_id = gm.user_id AND uc.conversation_id = 'grp:' || gm.group_id \
+         WHERE gm.group_id = ?1 ORDER BY gm.user_id",
+    )?;
+    let rows = stmt.query_map([group.as_str()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    rows.map(|row| {
+        let (user, seq) = row?;
+        Ok((groups::user_id_from_sql(user)?, seq.max(0) as u64))
+    })
+    .collect()
+}
+
 fn insert_members(conn: &Connection, group: &GroupId, members: &[GroupMember]) -> StoreResult<()> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO group_members \
-         (group_id, user_id, role, joined_at, nickname, attributes, muted_until, allowed_when_all_muted) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         (group_id, user_id, role, joined_at, nickname, attributes, muted_until, \
+          allowed_when_all_muted, visible_from_seq, receive_messages) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for m in members {
-        insert.execute((
+        insert.execute(rusqlite::params![
             group.as_str(),
             m.user_id.as_str(),
             groups::role_to_sql(m.role),
@@ -513,7 +541,9 @@ fn insert_members(conn: &Connection, group: &GroupId, members: &[GroupMember]) -
             groups::map_to_sql(&m.attributes)?,
             m.muted_until,
             m.allowed_when_all_muted,
-        ))?;
+            m.visible_from_seq as i64,
+            m.receive_messages,
+        ])?;
     }
     Ok(())
 }
@@ -521,7 +551,8 @@ fn insert_members(conn: &Connection, group: &GroupId, members: &[GroupMember]) -
 fn save_member(conn: &Connection, group: &GroupId, m: &GroupMember) -> StoreResult<()> {
     conn.prepare_cached(
         "UPDATE group_members SET role = ?3, nickname = ?4, attributes = ?5, muted_until = ?6, \
-           allowed_when_all_muted = ?7 WHERE group_id = ?1 AND user_id = ?2",
+           allowed_when_all_muted = ?7, receive_messages = ?8 \
+         WHERE group_id = ?1 AND user_id = ?2",
     )?
     .execute((
         group.as_str(),
@@ -531,6 +562,7 @@ fn save_member(conn: &Connection, group: &GroupId, m: &GroupMember) -> StoreResu
         groups::map_to_sql(&m.attributes)?,
         m.muted_until,
         m.allowed_when_all_muted,
+        m.receive_messages,
     ))?;
     Ok(())
 }
@@ -615,7 +647,17 @@ fn create_group(conn: &Connection, group: NewGroup, now: Millis) -> StoreResult<
     check_users(conn, &ids)?;
     let record = groups::new_record(&group, members.len() as u32, now);
     save_group(conn, &record, true)?;
+    let mut members = members;
+    let conversation = ConversationId::group(&group.group_id);
+    groups::set_join_point(&mut members, last_seq(conn, &conversation)?, false, true);
     insert_members(conn, &group.group_id, &members)?;
+    // The conversation exists from the start, stamped, so the members' next sync shows it.
+    conn.prepare_cached(
+        "INSERT INTO conversations (id, kind, created_at) VALUES (?1, 'group', ?2) \
+         ON CONFLICT (id) DO NOTHING",
+    )?
+    .execute((conversation.as_str(), now))?;
+    stamp_group_activity(conn, conversation.as_str(), 0)?;
     Ok(record)
 }
 
@@ -651,6 +693,12 @@ fn write_group(
             check_users(conn, &ids)?;
             check_blocks(conn, id, &ids, now)?;
             record.info.member_count = groups::count_after_adding(&record, new.len())?;
+            groups::set_join_point(
+                &mut new,
+                last_seq(conn, &ConversationId::group(id))?,
+                record.info.options.history_visible_to_new_members,
+                false,
+            );
             insert_members(conn, id, &new)?;
         }
         GroupWrite::RemoveMembers(users) => {

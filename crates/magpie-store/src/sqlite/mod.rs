@@ -267,6 +267,14 @@ impl GroupStore for SqliteStore {
             .await
     }
 
+    async fn group_read_positions(&self, group: &GroupId) -> StoreResult<Vec<(UserId, u64)>> {
+        self.check_open()?;
+        let group = group.clone();
+        self.readers
+            .run(u32::MAX, move |c| groups::read_positions(c, &group))
+            .await
+    }
+
     async fn joined_groups(
         &self,
         user: &UserId,
@@ -433,6 +441,7 @@ impl Store for SqliteStore {
                 content: serde_json::to_string(&message.message.content)
                     .map_err(StoreError::internal)?,
                 ext: rows::json_object(message.message.ext.as_ref())?,
+                mentions: crate::mentions_json(&message.message)?,
                 new: message,
             };
             self.writer
@@ -464,6 +473,22 @@ impl Store for SqliteStore {
         self.readers
             .run(limit, move |c| {
                 reader::changed_conversations(c, &user, since, limit)
+            })
+            .await
+    }
+
+    async fn changed_group_conversations(
+        &self,
+        user: &UserId,
+        since: u64,
+        limit: u32,
+    ) -> StoreResult<SyncPage> {
+        self.check_open()?;
+        let user = user.clone();
+        // The walk covers every membership, however few rows come back.
+        self.readers
+            .run(u32::MAX, move |c| {
+                reader::changed_group_conversations(c, &user, since, limit)
             })
             .await
     }

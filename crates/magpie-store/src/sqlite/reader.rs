@@ -124,13 +124,14 @@ pub(super) fn get_messages(conn: &Connection, q: &MessageQuery) -> StoreResult<M
     // numbers parameters by their largest index, so binding it anyway is fine.
     let sql = format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 {filter} \
-         ORDER BY m.seq {order} LIMIT ?3"
+         AND m.seq >= ?4 ORDER BY m.seq {order} LIMIT ?3"
     );
     let bound = bound.min(i64::MAX as u64) as i64;
     let limit = i64::from(q.limit) + 1;
+    let min_seq = q.min_seq.min(i64::MAX as u64) as i64;
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut messages = stmt
-        .query_map((q.conversation_id.as_str(), bound, limit), |row| {
+        .query_map((q.conversation_id.as_str(), bound, limit, min_seq), |row| {
             rows::message(row, 0)
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -222,12 +223,57 @@ pub(super) fn changed_conversations(
     })
 }
 
+pub(super) fn changed_group_conversations(
+    conn: &Connection,
+    user: &UserId,
+    since: u64,
+    limit: u32,
+) -> StoreResult<SyncPage> {
+    // One read transaction: the clock and the stamps come from the same snapshot, and the
+    // single writer stamps in commit order, so no stamp at or below the clock can appear later.
+    let tx = conn.unchecked_transaction()?;
+    let clock: Option<i64> = tx
+        .prepare_cached("SELECT value FROM meta WHERE key = 'group_clock'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    let clock = clock.unwrap_or(0) as u64;
+    // A cursor from the future (a restored backup) would hide every change: start over.
+    let since = if since > clock { 0 } else { since };
+    let sql = format!(
+        "{} WHERE gm.user_id = ?1 AND c.activity > ?2 ORDER BY c.activity LIMIT ?3",
+        rows::GROUP_STATE_SELECT
+    );
+    let mut stamped = tx
+        .prepare_cached(&sql)?
+        .query_map((user.as_str(), since as i64, i64::from(limit) + 1), |row| {
+            Ok((
+                rows::conversation_state(row)?,
+                row.get::<_, i64>(rows::ACTIVITY_COLUMN)? as u64,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let has_more = stamped.len() > limit as usize;
+    stamped.truncate(limit as usize);
+    let version = match stamped.last() {
+        Some((_, stamp)) if has_more => *stamp,
+        _ => clock,
+    };
+    Ok(SyncPage {
+        conversations: stamped.into_iter().map(|(state, _)| state).collect(),
+        version,
+        has_more,
+    })
+}
+
 pub(super) fn conversation_state(
     conn: &Connection,
     user: &UserId,
     conversation: &ConversationId,
 ) -> StoreResult<Option<ConversationState>> {
-    rows::load_state(conn, user, conversation)
+    match rows::load_state(conn, user, conversation)? {
+        Some(state) => Ok(Some(state)),
+        None => rows::load_group_state(conn, user, conversation),
+    }
 }
 
 #[cfg(test)]

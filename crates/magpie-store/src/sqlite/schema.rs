@@ -11,6 +11,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_node_leases.sql"),
     include_str!("../../migrations/sqlite/0003_groups.sql"),
+    include_str!("../../migrations/sqlite/0004_group_messages.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.

@@ -9,9 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use magpie_proto::message::Peer;
 use magpie_proto::rest::{UpdateUser, User};
-use magpie_proto::{ConversationId, Message, Millis, UserId};
+use magpie_proto::{ConversationId, ConversationKind, Message, Millis, UserId};
 use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,6 +30,7 @@ pub(super) struct EncodedMessage {
     pub(super) new: NewMessage,
     pub(super) content: String,
     pub(super) ext: Option<String>,
+    pub(super) mentions: Option<String>,
 }
 
 /// A write, with where to send its result.
@@ -247,6 +247,8 @@ struct PendingRow {
     peer: Option<UserId>,
     /// The highest read seq the batch gives the user (0: unchanged).
     read_seq: u64,
+    /// The last message of the batch that mentions the user (0: none).
+    mention_seq: u64,
     version: u64,
     updated_at: Millis,
 }
@@ -337,11 +339,13 @@ impl State {
             return Ok(());
         }
         let mut upsert = self.conn.prepare_cached(
-            "INSERT INTO user_conversations (user_id, conversation_id, peer, read_seq, version, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+            "INSERT INTO user_conversations \
+               (user_id, conversation_id, peer, read_seq, version, updated_at, mention_seq) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
                version = excluded.version, updated_at = excluded.updated_at, \
-               read_seq = max(read_seq, excluded.read_seq)",
+               read_seq = max(read_seq, excluded.read_seq), \
+               mention_seq = max(mention_seq, excluded.mention_seq)",
         )?;
         for ((user, conversation), row) in self.pending_rows.drain() {
             upsert.execute((
@@ -351,6 +355,7 @@ impl State {
                 row.read_seq as i64,
                 row.version as i64,
                 row.updated_at,
+                row.mention_seq as i64,
             ))?;
         }
         Ok(())
@@ -508,7 +513,12 @@ impl State {
     }
 
     fn append(&mut self, encoded: EncodedMessage) -> StoreResult<Appended> {
-        let EncodedMessage { new, content, ext } = encoded;
+        let EncodedMessage {
+            new,
+            content,
+            ext,
+            mentions,
+        } = encoded;
         let mut message = new.message;
         // Refusals first, before anything is written.
         for user in &new.participants {
@@ -530,12 +540,11 @@ impl State {
         let (last_seq, last_time) = self.last_message(&message.conversation_id)?;
         let seq = last_seq + 1;
         message.server_time = message.server_time.max(last_time);
-        let Peer::User(recipient) = &message.to;
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO messages (id, conversation_id, seq, sender, recipient, client_msg_id, content, ext, server_time) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                "INSERT INTO messages (id, conversation_id, seq, sender, recipient, client_msg_id, content, ext, server_time, mentions) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                  ON CONFLICT (conversation_id, sender, client_msg_id) DO NOTHING",
             )?
             .execute((
@@ -543,11 +552,12 @@ impl State {
                 message.conversation_id.as_str(),
                 seq as i64,
                 message.from.as_str(),
-                recipient.as_str(),
+                message.to.id(),
                 &message.client_msg_id,
                 &content,
                 &ext,
                 message.server_time,
+                &mentions,
             ))?;
         if inserted == 0 {
             let original = self.original(&message)?.ok_or_else(|| {
@@ -580,10 +590,19 @@ impl State {
         self.cache
             .last_seq
             .insert(conversation.to_owned(), (seq, message.server_time));
+        if message.conversation_id.kind() == ConversationKind::Group {
+            let mention_all = message.mentions.as_ref().is_some_and(|m| m.all);
+            stamp_group_activity(
+                &self.conn,
+                conversation,
+                if mention_all { seq } else { 0 },
+            )?;
+        }
 
         for user in &new.participants {
             let version = self.next_version(user)?;
             let read_seq = if *user == message.from { seq } else { 0 };
+            let mention_seq = if new.mentioned.contains(user) { seq } else { 0 };
             // Held until the end of the batch: a conversation that gets several messages in
             // one batch writes its participants' rows once, not once per message.
             let row = self
@@ -592,11 +611,13 @@ impl State {
                 .or_insert_with(|| PendingRow {
                     peer: message.conversation_id.c2c_peer(user),
                     read_seq: 0,
+                    mention_seq: 0,
                     version,
                     updated_at: now,
                 });
             row.version = version;
             row.read_seq = row.read_seq.max(read_seq);
+            row.mention_seq = row.mention_seq.max(mention_seq);
             row.updated_at = now;
         }
         Ok(Appended {
@@ -618,7 +639,12 @@ impl State {
                 format!("{user} has no conversation {conversation}"),
             )
         };
-        let mut state = rows::load_state(&self.conn, user, conversation)?.ok_or_else(not_found)?;
+        // A group member who never sent, read or was mentioned has no row yet: their state
+        // comes from the membership, and this write creates the row.
+        let mut state = match rows::load_state(&self.conn, user, conversation)? {
+            Some(state) => state,
+            None => rows::load_group_state(&self.conn, user, conversation)?.ok_or_else(not_found)?,
+        };
         state.last_message = None;
         let target = seq.min(state.last_seq);
         if target <= state.read_seq {
@@ -630,25 +656,50 @@ impl State {
         let version = self.next_version(user)?;
         self.conn
             .prepare_cached(
-                "UPDATE user_conversations SET read_seq = ?3, version = ?4, updated_at = ?5 \
-                 WHERE user_id = ?1 AND conversation_id = ?2",
+                "INSERT INTO user_conversations \
+                   (user_id, conversation_id, peer, read_seq, version, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (user_id, conversation_id) DO UPDATE SET \
+                   read_seq = excluded.read_seq, version = excluded.version, \
+                   updated_at = excluded.updated_at",
             )?
             .execute((
                 user.as_str(),
                 conversation.as_str(),
+                state.peer.as_ref().map(UserId::as_str),
                 target as i64,
                 version as i64,
                 now,
             ))?;
-        state.read_seq = target;
-        state.unread_count = state.last_seq - target;
-        state.version = version;
-        state.updated_at = now;
+        let mut state = rows::load_state(&self.conn, user, conversation)?.ok_or_else(not_found)?;
+        state.last_message = None;
         Ok(ReadOutcome {
             state,
             changed: true,
         })
     }
+}
+
+/// Stamps a group conversation with the next value of the group activity clock (and, when
+/// `mention_all_seq` is not 0, records that message as the last "@all"). One writer stamps in
+/// commit order, so a sync cursor at the clock never misses a later stamp.
+pub(super) fn stamp_group_activity(
+    conn: &Connection,
+    conversation: &str,
+    mention_all_seq: u64,
+) -> StoreResult<()> {
+    let stamp: i64 = conn
+        .prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('group_clock', 1) \
+             ON CONFLICT (key) DO UPDATE SET value = value + 1 RETURNING value",
+        )?
+        .query_row([], |r| r.get(0))?;
+    conn.prepare_cached(
+        "UPDATE conversations SET activity = ?2, mention_all_seq = max(mention_all_seq, ?3) \
+         WHERE id = ?1",
+    )?
+    .execute((conversation, stamp, mention_all_seq as i64))?;
+    Ok(())
 }
 
 /// Node-id leases, on the local clock (one SQLite database has one server).

@@ -168,9 +168,7 @@ impl ConversationId {
 
     /// The group of a group conversation, `None` for other kinds.
     pub fn group_id(&self) -> Option<GroupId> {
-        self.0
-            .strip_prefix("grp:")
-            .map(|id| GroupId(id.to_owned()))
+        self.0.strip_prefix("grp:").map(|id| GroupId(id.to_owned()))
     }
 
     /// Parses and validates a conversation id.

@@ -44,6 +44,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every session task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Group rosters this node has read, for group sends and fan-out.
+    pub(crate) rosters: crate::group_messages::Rosters,
 }
 
 impl std::fmt::Debug for App {

@@ -235,6 +235,9 @@ pub struct GroupsConfig {
     pub default_max_members: u32,
     /// The most members any group may be configured for.
     pub max_members_limit: u32,
+    /// Groups up to this size keep read receipts with member lists and send `group_read`
+    /// events; larger groups answer read counts only.
+    pub read_receipt_members: u32,
 }
 
 impl Default for GroupsConfig {
@@ -242,6 +245,7 @@ impl Default for GroupsConfig {
         Self {
             default_max_members: magpie_proto::group::DEFAULT_MAX_MEMBERS,
             max_members_limit: 100_000,
+            read_receipt_members: 500,
         }
     }
 }

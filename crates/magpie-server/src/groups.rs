@@ -21,7 +21,7 @@ use magpie_proto::group::{
     MuteAllRequest, MuteRequest, SetAttributesRequest, SetMemberRequest, SetRoleRequest,
     TransferRequest, UpdateGroupRequest,
 };
-use magpie_proto::message::MAX_URL_LEN;
+use magpie_proto::message::{GroupNoticeKind, MAX_URL_LEN};
 use magpie_proto::{ErrorCode, Event, GroupId, Millis, ServerFrame, UserId};
 use magpie_store::{
     ApplicationFilter, GroupInfoUpdate, GroupRecord, GroupWrite, MemberUpdate, NewApplication,
@@ -172,7 +172,7 @@ fn seconds_from_now(now: Millis, seconds: u64) -> Millis {
 }
 
 /// The caller's standing in a group.
-struct Standing {
+pub(crate) struct Standing {
     record: GroupRecord,
     /// The acting user's membership (`None` for the backend or an outsider).
     member: Option<GroupMember>,
@@ -187,7 +187,7 @@ impl Standing {
         self.member.as_ref().map(|m| m.role)
     }
 
-    fn require_member(&self) -> Result<GroupRole> {
+    pub(crate) fn require_member(&self) -> Result<GroupRole> {
         self.role().ok_or_else(|| {
             Error::new(
                 ErrorCode::NotGroupMember,
@@ -214,6 +214,26 @@ impl Standing {
     fn version(&self) -> u64 {
         self.record.info.version
     }
+}
+
+/// The line a change writes into the group's timeline, where the commercial SDKs show one.
+fn timeline_notice(change: &GroupChange) -> Option<(GroupNoticeKind, Vec<UserId>)> {
+    Some(match change {
+        GroupChange::Created { .. } => (GroupNoticeKind::Created, Vec::new()),
+        GroupChange::InfoChanged { .. } | GroupChange::AnnouncementChanged { .. } => {
+            (GroupNoticeKind::InfoChanged, Vec::new())
+        }
+        GroupChange::MembersJoined { members } => (
+            GroupNoticeKind::MemberJoined,
+            members.iter().map(|m| m.user_id.clone()).collect(),
+        ),
+        GroupChange::MemberLeft { user_id } => (GroupNoticeKind::MemberLeft, vec![user_id.clone()]),
+        GroupChange::MembersKicked { user_ids, .. } => {
+            (GroupNoticeKind::MemberKicked, user_ids.clone())
+        }
+        GroupChange::OwnerChanged { to, .. } => (GroupNoticeKind::OwnerChanged, vec![to.clone()]),
+        _ => return None,
+    })
 }
 
 /// Checks that a manager of `role` may act on members `targets` (admins only on ordinary
@@ -264,7 +284,7 @@ impl App {
 
     /// Reads, checks with `decide`, and writes what it decided under the version it read;
     /// starts over when another change got in between.
-    async fn change_group<T>(
+    pub(crate) async fn change_group<T>(
         &self,
         actor: &Actor,
         group: &GroupId,
@@ -297,7 +317,7 @@ impl App {
     }
 
     /// Every member of a group, or of one role, read page by page.
-    async fn all_members(
+    pub(crate) async fn all_members(
         &self,
         group: &GroupId,
         role: Option<GroupRole>,
@@ -368,6 +388,7 @@ impl App {
     ) -> Result<()> {
         let mut users = self.member_ids(&record.info.group_id).await?;
         users.extend_from_slice(also);
+        let notice = timeline_notice(&change);
         self.tell(
             &users,
             &record.info.group_id,
@@ -375,6 +396,11 @@ impl App {
             actor,
             change,
         );
+        if let Some((kind, users)) = notice {
+            let by = actor.user().unwrap_or(&record.info.owner);
+            self.post_notice(&record.info.group_id, by, kind, &users)
+                .await;
+        }
         Ok(())
     }
 
@@ -387,6 +413,8 @@ impl App {
             attributes: Map::new(),
             muted_until: None,
             allowed_when_all_muted: false,
+            visible_from_seq: 1,
+            receive_messages: true,
         }
     }
 
@@ -1806,6 +1834,14 @@ impl App {
                 .counters(&actor, &group_id)
                 .await
                 .map(Response::GroupCounters),
+            Request::GroupSetReceive(r) => self
+                .set_group_receive(user, &r.group_id, r.receive)
+                .await
+                .map(|()| Response::GroupSetReceive(Empty {})),
+            Request::GroupReadReceipts(r) => self
+                .group_read_receipts(user, r)
+                .await
+                .map(Response::GroupReadReceipts),
             _ => return None,
         })
     }

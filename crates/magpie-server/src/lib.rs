@@ -28,6 +28,7 @@ pub mod config;
 mod encoded;
 mod error;
 mod gateway;
+mod group_messages;
 mod groups;
 pub mod ids;
 mod messaging;
@@ -199,6 +200,7 @@ pub async fn run(
         metrics,
         shutdown: stopping.clone(),
         tracker: TaskTracker::new(),
+        rosters: group_messages::Rosters::default(),
         config,
     });
     let addr = listener.local_addr()?;

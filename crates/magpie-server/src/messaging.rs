@@ -1,8 +1,9 @@
 //! Sending, history, sync and read state: the message domain.
 //!
 //! Owns the rules of a send (validation, limits, dedupe through the store, delivery after
-//! commit) and of reading conversations. It must not know about sockets: the gateway and the
-//! REST API both call it.
+//! commit) and of reading conversations, one-to-one and group alike; what is particular to
+//! groups (who may post, fan-out, read receipts) is `group_messages`'. It must not know about
+//! sockets: the gateway and the REST API both call it.
 
 use std::sync::Arc;
 
@@ -13,15 +14,17 @@ use magpie_proto::frame::{
 };
 use magpie_proto::message::{Peer, validate_client_msg_id};
 use magpie_proto::{
-    ConversationId, ConversationState, ErrorCode, Event, Message, ServerFrame, UserId,
+    ConversationId, ConversationState, ErrorCode, Event, GroupId, Message, MessageContent,
+    ServerFrame, UserId,
 };
-use magpie_store::{Anchor, Appended, MessageQuery, NewMessage, OnCommit};
+use magpie_store::{Anchor, Appended, Appending, MessageQuery, NewMessage, OnCommit};
 
 use crate::app::App;
 use crate::clock::now_ms;
 use crate::cluster::Cluster;
 use crate::encoded::json_len;
 use crate::error::{Error, Result};
+use crate::group_messages::{SendOrder, check_mentions};
 use crate::metrics::Metrics;
 use crate::sessions::{SessionId, SharedFrame};
 
@@ -32,6 +35,8 @@ pub struct Origin {
     pub user: UserId,
     /// The session, if the request came over a WebSocket.
     pub session: Option<SessionId>,
+    /// The session's line of group sends, which keeps them in the order it issued them.
+    pub(crate) send_order: Option<SendOrder>,
 }
 
 const DEFAULT_PAGE: u32 = 50;
@@ -50,15 +55,16 @@ pub(crate) fn page_limit(requested: Option<u32>, default: u32, max: u32) -> Resu
     }
 }
 
-/// Delivers a stored message to its recipient and to the sender's other devices, on every node.
+/// Delivers a one-to-one message to its recipient and to the sender's other devices, on every
+/// node.
 fn deliver_message(
     cluster: &Cluster,
     metrics: &Metrics,
+    to: &UserId,
     message: &Message,
     origin: Option<SessionId>,
 ) {
     let frame = SharedFrame::new(ServerFrame::Event(Event::Message(message.clone())));
-    let Peer::User(to) = &message.to;
     let delivered =
         cluster.deliver(to, &frame, None) + cluster.deliver(&message.from, &frame, origin);
     Metrics::add(&metrics.deliveries, delivered as u64);
@@ -79,29 +85,48 @@ impl App {
             Ok(message) => message,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
+        let to = match &message.to {
+            Peer::User(to) => to.clone(),
+            Peer::Group(group) => {
+                let group = group.clone();
+                return self.send_group_message(origin, group, message);
+            }
+        };
         if !message.content.is_stored() {
             let (app, from_session) = (self.clone(), origin.session);
-            return Box::pin(async move { app.relay_command(message, from_session).await });
+            return Box::pin(async move { app.relay_command(&to, message, from_session).await });
         }
 
         let (cluster, metrics, from_session) =
             (self.cluster.clone(), self.metrics.clone(), origin.session);
+        let recipient = to.clone();
         // Delivery runs in the store's commit order, so one conversation's messages reach
         // each device in seq order.
         let on_commit: OnCommit = Box::new(move |appended: &Appended| {
             if !appended.duplicate {
-                deliver_message(&cluster, &metrics, &appended.message, from_session);
+                deliver_message(
+                    &cluster,
+                    &metrics,
+                    &recipient,
+                    &appended.message,
+                    from_session,
+                );
             }
         });
-        let Peer::User(to) = &message.to;
-        let participants = vec![message.from.clone(), to.clone()];
+        let participants = vec![message.from.clone(), to];
         let appending = self.store.append_message(
             NewMessage {
                 message,
                 participants,
+                mentioned: Vec::new(),
             },
             Some(on_commit),
         );
+        self.answer_send(appending)
+    }
+
+    /// Counts a stored send and answers it.
+    fn answer_send(&self, appending: Appending) -> BoxFuture<'static, Result<SendResponse>> {
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let appended = appending.await?;
@@ -118,15 +143,72 @@ impl App {
         })
     }
 
+    /// Sends to a group: checks the sender against the group's roster, then stores the message
+    /// once and fans it out to the members after commit (ADR 0007). The roster read happens
+    /// before the append is queued, so the connection's group sends wait for each other's turn
+    /// to keep their issue order.
+    fn send_group_message(
+        self: &Arc<Self>,
+        origin: &Origin,
+        group: GroupId,
+        message: Message,
+    ) -> BoxFuture<'static, Result<SendResponse>> {
+        let (wait, done) = App::group_send_turn(origin.send_order.as_ref());
+        let (app, from_session) = (self.clone(), origin.session);
+        Box::pin(async move {
+            if let Some(previous) = wait {
+                // An error only means the previous send is gone (its connection closed).
+                let _ = previous.await;
+            }
+            let checked = app.check_group_send(&group, message).await;
+            let checked = match checked {
+                Ok(checked) => checked,
+                Err(e) => {
+                    drop(done);
+                    return Err(e);
+                }
+            };
+            if !checked.new.message.content.is_stored() {
+                drop(done);
+                app.fan_out(&checked.roster, &checked.new.message, from_session);
+                Metrics::add(&app.metrics.commands, 1);
+                return Ok(SendResponse {
+                    message: checked.new.message,
+                    duplicate: false,
+                });
+            }
+            let fan = (app.clone(), checked.roster);
+            let on_commit: OnCommit = Box::new(move |appended: &Appended| {
+                if !appended.duplicate {
+                    fan.0.fan_out(&fan.1, &appended.message, from_session);
+                }
+            });
+            let appending = app.store.append_message(checked.new, Some(on_commit));
+            // Queued: the connection's next group send may go.
+            drop(done);
+            app.answer_send(appending).await
+        })
+    }
+
     /// Validates a send and builds the message with its id and server time.
     fn checked_message(&self, origin: &Origin, request: SendRequest) -> Result<Message> {
-        let Peer::User(to) = &request.to;
-        if *to == origin.user {
+        if request.to == Peer::User(origin.user.clone()) {
             return Err(Error::bad_request("cannot send a message to yourself"));
         }
         validate_client_msg_id(&request.client_msg_id)?;
         request.content.validate()?;
-        let size = json_len(&request.content) + request.ext.as_ref().map_or(0, json_len);
+        if matches!(request.content, MessageContent::GroupNotice(_)) {
+            return Err(Error::bad_request(
+                "group_notice messages are written by the server only",
+            ));
+        }
+        check_mentions(
+            request.mentions.as_ref(),
+            matches!(request.to, Peer::Group(_)),
+        )?;
+        let size = json_len(&request.content)
+            + request.ext.as_ref().map_or(0, json_len)
+            + request.mentions.as_ref().map_or(0, json_len);
         let max = self.config.limits.max_message_bytes;
         if size > max {
             return Err(Error::new(
@@ -143,13 +225,14 @@ impl App {
         let now = now_ms();
         Ok(Message {
             id: self.ids.next(now),
-            conversation_id: ConversationId::c2c(&origin.user, to),
+            conversation_id: request.to.conversation_id(&origin.user),
             seq: 0,
             from: origin.user.clone(),
             to: request.to,
             client_msg_id: request.client_msg_id,
             content: request.content,
             ext: request.ext,
+            mentions: request.mentions.filter(|m| !m.is_empty()),
             server_time: now,
         })
     }
@@ -157,12 +240,12 @@ impl App {
     /// Delivers a transient command to the devices online now; nothing is stored.
     async fn relay_command(
         &self,
+        to: &UserId,
         message: Message,
         from_session: Option<SessionId>,
     ) -> Result<SendResponse> {
-        let Peer::User(to) = &message.to;
         self.user_record(to).await?;
-        deliver_message(&self.cluster, &self.metrics, &message, from_session);
+        deliver_message(&self.cluster, &self.metrics, to, &message, from_session);
         Metrics::add(&self.metrics.commands, 1);
         Ok(SendResponse {
             message,
@@ -176,7 +259,9 @@ impl App {
         user: &UserId,
         request: GetMessagesRequest,
     ) -> Result<MessagesPage> {
-        check_participant(user, &request.conversation_id)?;
+        let min_seq = self
+            .first_visible_seq(user, &request.conversation_id)
+            .await?;
         let limit = page_limit(request.limit, DEFAULT_PAGE, MAX_PAGE)?;
         let anchor = match (request.seq, request.time) {
             (Some(_), Some(_)) => {
@@ -193,6 +278,7 @@ impl App {
                 direction: request.direction,
                 anchor,
                 limit,
+                min_seq,
             })
             .await?;
         Ok(MessagesPage {
@@ -201,27 +287,71 @@ impl App {
         })
     }
 
-    /// `user`'s conversations changed since a version.
+    /// `user`'s conversations changed since a version, and their group conversations with
+    /// activity since the group cursor. A group conversation found both ways is listed once,
+    /// as the group walk (read second, so never older) found it.
     pub async fn sync(&self, user: &UserId, request: SyncRequest) -> Result<SyncResponse> {
         let limit = page_limit(request.limit, DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)?;
-        let page = self
+        let own = self
             .store
             .changed_conversations(user, request.since, limit)
             .await?;
+        let groups = self
+            .store
+            .changed_group_conversations(user, request.groups_since, limit)
+            .await?;
+        let mut conversations: Vec<ConversationState> = own
+            .conversations
+            .into_iter()
+            .filter(|c| {
+                !groups
+                    .conversations
+                    .iter()
+                    .any(|g| g.conversation_id == c.conversation_id)
+            })
+            .collect();
+        conversations.extend(groups.conversations);
         Ok(SyncResponse {
-            conversations: page.conversations,
-            version: page.version,
-            has_more: page.has_more,
+            conversations,
+            version: own.version,
+            groups_version: groups.version,
+            has_more: own.has_more || groups.has_more,
         })
+    }
+
+    /// The first seq of a conversation `user` may read: 1 in a one-to-one conversation they
+    /// take part in, their join point in a group they belong to; an error otherwise.
+    async fn first_visible_seq(&self, user: &UserId, conversation: &ConversationId) -> Result<u64> {
+        match conversation.group_id() {
+            Some(group) => {
+                let roster = self.roster(&group).await?;
+                Ok(roster.member(&group, user)?.visible_from_seq)
+            }
+            None => {
+                check_participant(user, conversation)?;
+                Ok(1)
+            }
+        }
     }
 
     /// Marks a conversation read and tells the user's other devices.
     pub async fn mark_read(
-        &self,
+        self: &Arc<Self>,
         origin: &Origin,
         request: MarkReadRequest,
     ) -> Result<ConversationState> {
-        check_participant(&origin.user, &request.conversation_id)?;
+        self.first_visible_seq(&origin.user, &request.conversation_id)
+            .await?;
+        let group = request.conversation_id.group_id();
+        // Where the reader stood, so the senders of what they just read can be told.
+        let before = match &group {
+            Some(_) => self
+                .store
+                .conversation_state(&origin.user, &request.conversation_id)
+                .await?
+                .map_or(0, |s| s.read_seq),
+            None => 0,
+        };
         let outcome = self
             .store
             .mark_read(
@@ -241,6 +371,18 @@ impl App {
             })));
             let delivered = self.cluster.deliver(&origin.user, &frame, origin.session);
             Metrics::add(&self.metrics.deliveries, delivered as u64);
+            if let Some(group) = group {
+                let (app, reader, read_seq) = (self.clone(), origin.user.clone(), state.read_seq);
+                // The reader is answered now; the senders hear about it right after.
+                tokio::spawn(async move {
+                    if let Err(e) = app
+                        .announce_group_read(&group, &reader, before, read_seq)
+                        .await
+                    {
+                        tracing::warn!(%group, error = %e, "could not send group read counts");
+                    }
+                });
+            }
         }
         Ok(outcome.state)
     }

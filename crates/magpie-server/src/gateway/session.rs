@@ -28,6 +28,7 @@ use super::ratelimit::TokenBucket;
 use crate::app::App;
 use crate::clock::now_ms;
 use crate::error::Error;
+use crate::group_messages::SendOrder;
 use crate::messaging::Origin;
 use crate::metrics::Metrics;
 use crate::sessions::{Control, Delivery, DeviceEntry, Inbox, SessionId, SharedFrame};
@@ -56,6 +57,8 @@ struct Conn {
     requests: TokenBucket,
     sends: TokenBucket,
     in_flight: FuturesOrdered<Pending>,
+    /// Keeps this connection's group sends in issue order.
+    send_order: SendOrder,
     /// The token's expiry changed (login, renewal): the token timer must be re-armed.
     token_changed: bool,
 }
@@ -77,6 +80,7 @@ pub(super) async fn run(socket: WebSocket, codec: Codec, app: Arc<App>) {
         inbox: None,
         last_heard: now,
         in_flight: FuturesOrdered::new(),
+        send_order: SendOrder::default(),
         token_changed: false,
     };
     let ending = conn.serve().await;
@@ -330,6 +334,7 @@ impl Conn {
         let origin = Origin {
             user: login.user.clone(),
             session: Some(login.session),
+            send_order: Some(self.send_order.clone()),
         };
         let response = match frame.request {
             Request::Login(_) => {

@@ -224,6 +224,9 @@ async fn a_device_that_stops_reading_is_disconnected_rather_than_held_forever() 
         config.gateway.idle_timeout_ms = 1_000;
         config.limits.send_burst = 1_000;
         config.limits.send_rate_per_sec = 1_000.0;
+        // Alice's 150 sends must not meet the per-connection request limit on a fast machine.
+        config.limits.request_burst = 1_000;
+        config.limits.request_rate_per_sec = 1_000.0;
     })
     .await;
     let (mut alice, _) = alice_with_history(&server).await;

@@ -460,21 +460,22 @@ async fn conversations_of_other_users_cannot_be_read_or_marked() {
     let (_alice, sent) = five_messages(&server).await;
     server.create_user("carol").await;
     let mut carol = online(&server, "carol", "carol-phone", "ios").await;
-    for conversation in [AB, "grp:team"] {
+    // Someone else's one-to-one conversation; a group that does not exist.
+    for (conversation, expected) in [(AB, 3002), ("grp:team", 3004)] {
         let code = error_code(
             &mut carol,
             "get_messages",
             json!({"conversation_id": conversation}),
         )
         .await;
-        assert_eq!(code, 3002, "{conversation}");
+        assert_eq!(code, expected, "{conversation}");
         let code = error_code(
             &mut carol,
             "mark_read",
             json!({"conversation_id": conversation, "seq": 5}),
         )
         .await;
-        assert_eq!(code, 3002, "{conversation}");
+        assert_eq!(code, expected, "{conversation}");
     }
     // A conversation carol could have but has no message in yet.
     let code = error_code(

@@ -26,13 +26,13 @@ async fn wait_for_devices(client: &mut RawClient, want: &[&str]) {
     }
 }
 
-/// Texts of the `message` events that arrive within `wait`.
+/// Texts of the text `message` events that arrive within `wait` (group notices left out).
 async fn texts_within(client: &mut RawClient, wait: Duration) -> Vec<String> {
     client
         .frames_within(wait)
         .await
         .iter()
-        .filter(|f| f["event"] == "message")
+        .filter(|f| f["event"] == "message" && f["data"]["content"]["type"] == "text")
         .map(|f| {
             f["data"]["content"]["body"]["text"]
                 .as_str()
@@ -430,4 +430,66 @@ async fn logins_do_not_wait_for_the_bus_while_nats_is_down() {
     assert_eq!(bob_client.event("sync_required").await, json!({}));
     let sync = bob_client.request("sync", json!({"since": 0})).await;
     assert_eq!(sync["data"]["conversations"][0]["last_seq"], 1, "{sync}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_and_group_changes_span_nodes() {
+    let Some(cluster) = TestCluster::start("cluster_groups", 3).await else {
+        return;
+    };
+    let [n0, n1, n2] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let mut clients = Vec::new();
+    for (user, node) in [("alice", n0), ("bob", n1), ("carol", n2)] {
+        let token = node.user_with_token(user).await;
+        clients.push(node.raw_login(user, &token, "phone", "ios").await);
+    }
+    let [alice, bob, carol] = &mut clients[..] else {
+        unreachable!()
+    };
+    let created = alice
+        .request(
+            "group_create",
+            json!({"group_id": "team", "name": "team", "members": ["bob", "carol"]}),
+        )
+        .await;
+    assert_eq!(created["type"], "response", "{created}");
+    let to_group = |id: &str, text: &str| {
+        json!({
+            "to": {"kind": "group", "id": "team"},
+            "client_msg_id": id,
+            "content": {"type": "text", "body": {"text": text}}
+        })
+    };
+    for i in 0..5 {
+        let sent = alice
+            .request("send", to_group(&format!("m{i}"), &format!("hi {i}")))
+            .await;
+        assert_eq!(sent["type"], "response", "{sent}");
+    }
+    let expected: Vec<String> = (0..5).map(|i| format!("hi {i}")).collect();
+    for member in [&mut *bob, &mut *carol] {
+        assert_eq!(
+            texts_within(member, Duration::from_millis(800)).await,
+            expected,
+            "once each, in order, on another node"
+        );
+    }
+    // A mute decided on node 1 holds on node 2 at once: rosters follow the group's version.
+    let muted = alice
+        .request(
+            "group_mute",
+            json!({"group_id": "team", "user_ids": ["bob"], "seconds": 60}),
+        )
+        .await;
+    assert_eq!(muted["type"], "response", "{muted}");
+    let refused = bob.request("send", to_group("b1", "can I?")).await;
+    assert_eq!(refused["error"]["code"], 2006, "{refused}");
+    let from_carol = carol.request("send", to_group("c1", "from node 3")).await;
+    assert_eq!(from_carol["type"], "response", "{from_carol}");
+    assert_eq!(
+        texts_within(bob, Duration::from_millis(800)).await,
+        ["from node 3"]
+    );
 }

@@ -800,7 +800,23 @@ mod tests {
                 client_msg_id: "c1".into(),
                 content: MessageContent::text("hi"),
                 ext: Some(Map::from_iter([("k".to_owned(), json!(1))])),
+                mentions: None,
                 server_time: 7,
+            })),
+            ServerFrame::Event(Event::Message(Message {
+                id: MessageId(2),
+                conversation_id: ConversationId::parse("grp:team").expect("id"),
+                seq: 3,
+                from: UserId::new("a").expect("id"),
+                to: Peer::Group(crate::GroupId::new("team").expect("id")),
+                client_msg_id: "c2".into(),
+                content: MessageContent::text("@b"),
+                ext: None,
+                mentions: Some(crate::Mentions {
+                    user_ids: vec![UserId::new("b").expect("id")],
+                    all: true,
+                }),
+                server_time: 8,
             })),
         ];
         for frame in frames {
@@ -821,6 +837,7 @@ mod tests {
                 client_msg_id: "m-1".into(),
                 content: MessageContent::text("hello"),
                 ext: None,
+                mentions: None,
             }),
         };
         for codec in [crate::Codec::Json, crate::Codec::MsgPack] {

@@ -981,18 +981,15 @@ impl App {
                         limit + 1,
                     )
                     .await?;
-                let managed = self.managed_groups(user).await?;
-                if !managed.is_empty() {
-                    all.extend(
-                        self.store
-                            .list_applications(
-                                ApplicationFilter::JoinsTo(managed),
-                                request.before.as_deref(),
-                                limit + 1,
-                            )
-                            .await?,
-                    );
-                }
+                all.extend(
+                    self.store
+                        .list_applications(
+                            ApplicationFilter::JoinsManagedBy(user.clone()),
+                            request.before.as_deref(),
+                            limit + 1,
+                        )
+                        .await?,
+                );
                 // Newest first across both lists: ids grow with time.
                 all.sort_by_key(|a| {
                     std::cmp::Reverse(a.application_id.parse::<u64>().unwrap_or(0))
@@ -1005,22 +1002,6 @@ impl App {
             applications,
             has_more,
         })
-    }
-
-    /// Groups where `user` is owner or admin (of the first 1,000 joined).
-    async fn managed_groups(&self, user: &UserId) -> Result<Vec<GroupId>> {
-        let joined = self.store.joined_groups(user, None, 1000).await?;
-        let mut managed = Vec::new();
-        for record in joined {
-            let member = self
-                .store
-                .group_members_by_id(&record.info.group_id, std::slice::from_ref(user))
-                .await?;
-            if member.first().is_some_and(|m| m.role >= GroupRole::Admin) {
-                managed.push(record.info.group_id);
-            }
-        }
-        Ok(managed)
     }
 
     /// Leaves a group (not the owner: they transfer ownership or destroy the group).

@@ -167,8 +167,10 @@ pub struct NewApplication {
 /// Which applications to list.
 #[derive(Clone, PartialEq, Debug)]
 pub enum ApplicationFilter {
-    /// Join applications to these groups (the ones a manager manages).
+    /// Join applications to these groups.
     JoinsTo(Vec<GroupId>),
+    /// Join applications to every group this user is the owner or an admin of.
+    JoinsManagedBy(UserId),
     /// Invitations addressed to this user.
     InvitationsFor(UserId),
     /// What this user asked: their join applications and the invitations they sent.

@@ -1882,6 +1882,29 @@ pub async fn applications_are_deduped_handled_once_and_listed<B: Backend>(b: &B)
             .unwrap()
             .is_empty()
     );
+    // Joins to every group a user manages, found by the store (however many groups).
+    let all_joins = store
+        .list_applications(
+            ApplicationFilter::JoinsTo(vec![gid("g1"), gid("g2"), gid("g3")]),
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    let managed = store
+        .list_applications(ApplicationFilter::JoinsManagedBy(uid("o")), None, 100)
+        .await
+        .unwrap();
+    assert!(!managed.is_empty());
+    assert_eq!(ids(managed), ids(all_joins));
+    assert!(
+        store
+            .list_applications(ApplicationFilter::JoinsManagedBy(uid("c")), None, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "c manages nothing"
+    );
     // Invitations addressed to a user.
     let for_a = store
         .list_applications(ApplicationFilter::InvitationsFor(uid("a")), None, 10)
@@ -2186,16 +2209,26 @@ pub async fn group_messages_are_stored_once_and_found_through_the_activity_clock
     let grp = ConversationId::group(&gid("g"));
     // A new group shows up in its members' sync at once, empty.
     store
-        .create_group(new_group("g", "alice", &["bob"], GroupOptions::default()), 1)
+        .create_group(
+            new_group("g", "alice", &["bob"], GroupOptions::default()),
+            1,
+        )
         .await
         .unwrap();
     let (states, bob_cursor) = group_sync(&store, "bob", 0).await;
     assert_eq!(states.len(), 1);
-    assert_eq!((states[0].conversation_id.clone(), states[0].last_seq), (grp.clone(), 0));
+    assert_eq!(
+        (states[0].conversation_id.clone(), states[0].last_seq),
+        (grp.clone(), 0)
+    );
     assert!(group_sync(&store, "carol", 0).await.0.is_empty());
 
     for i in 1..=3 {
-        let m = append_ok(&store, group_message("alice", "g", &format!("m{i}"), &[], false)).await;
+        let m = append_ok(
+            &store,
+            group_message("alice", "g", &format!("m{i}"), &[], false),
+        )
+        .await;
         assert_eq!(m.seq, i);
         assert_eq!(m.to, Peer::Group(gid("g")));
     }
@@ -2216,12 +2249,19 @@ pub async fn group_messages_are_stored_once_and_found_through_the_activity_clock
     assert!(cursor > bob_cursor);
     assert!(group_sync(&store, "bob", cursor).await.0.is_empty());
     // The sender's own messages are read: their row moved with each send.
-    let alice = store.conversation_state(&uid("alice"), &grp).await.unwrap().unwrap();
+    let alice = store
+        .conversation_state(&uid("alice"), &grp)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((alice.read_seq, alice.unread_count), (3, 0));
     // One more message: the conversation comes back above the cursor.
     append_ok(&store, group_message("alice", "g", "m4", &[], false)).await;
     let (states, _) = group_sync(&store, "bob", cursor).await;
-    assert_eq!(states.iter().map(|s| s.unread_count).collect::<Vec<_>>(), [4]);
+    assert_eq!(
+        states.iter().map(|s| s.unread_count).collect::<Vec<_>>(),
+        [4]
+    );
 
     // Bob reads without ever having had a row: the read creates it.
     let read = store.mark_read(&uid("bob"), &grp, 2, 200).await.unwrap();
@@ -2234,7 +2274,10 @@ pub async fn group_messages_are_stored_once_and_found_through_the_activity_clock
         vec![(uid("alice"), 4), (uid("bob"), 2)]
     );
     // A non-member has nothing to read.
-    let err = store.mark_read(&uid("carol"), &grp, 1, 1).await.unwrap_err();
+    let err = store
+        .mark_read(&uid("carol"), &grp, 1, 1)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), StoreErrorKind::ConversationNotFound);
 
     // Pages of the group sync follow the stamps; a cursor from the future starts over.
@@ -2244,7 +2287,10 @@ pub async fn group_messages_are_stored_once_and_found_through_the_activity_clock
             .await
             .unwrap();
     }
-    let first = store.changed_group_conversations(&uid("carol"), 0, 2).await.unwrap();
+    let first = store
+        .changed_group_conversations(&uid("carol"), 0, 2)
+        .await
+        .unwrap();
     assert!(first.has_more);
     assert_eq!(first.conversations.len(), 2);
     let rest = store
@@ -2276,7 +2322,10 @@ pub async fn group_messages_are_stored_once_and_found_through_the_activity_clock
         })
         .await
         .unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
 }
 
 pub async fn new_members_start_at_their_join_point<B: Backend>(b: &B) {
@@ -2288,7 +2337,11 @@ pub async fn new_members_start_at_their_join_point<B: Backend>(b: &B) {
         .await
         .unwrap();
     for i in 1..=3 {
-        append_ok(&store, group_message("alice", "g", &format!("m{i}"), &[], false)).await;
+        append_ok(
+            &store,
+            group_message("alice", "g", &format!("m{i}"), &[], false),
+        )
+        .await;
     }
     write(&store, "g", GroupWrite::AddMembers(members(&["bob"], 5))).await;
     let bob = store
@@ -2300,14 +2353,27 @@ pub async fn new_members_start_at_their_join_point<B: Backend>(b: &B) {
     // Nothing from before the join is unread or shown.
     let (states, _) = group_sync(&store, "bob", 0).await;
     let state = &states[0];
-    assert_eq!((state.last_seq, state.read_seq, state.unread_count), (3, 3, 0));
+    assert_eq!(
+        (state.last_seq, state.read_seq, state.unread_count),
+        (3, 3, 0)
+    );
     assert_eq!(state.last_message, None);
     append_ok(&store, group_message("alice", "g", "m4", &[], false)).await;
-    let state = store.conversation_state(&uid("bob"), &grp).await.unwrap().unwrap();
+    let state = store
+        .conversation_state(&uid("bob"), &grp)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((state.read_seq, state.unread_count), (3, 1));
     assert_eq!(state.last_message.map(|m| m.seq), Some(4));
     // Reading below the join point changes nothing.
-    assert!(!store.mark_read(&uid("bob"), &grp, 2, 9).await.unwrap().changed);
+    assert!(
+        !store
+            .mark_read(&uid("bob"), &grp, 2, 9)
+            .await
+            .unwrap()
+            .changed
+    );
     let page = store
         .get_messages(MessageQuery {
             conversation_id: grp.clone(),
@@ -2335,7 +2401,11 @@ pub async fn new_members_start_at_their_join_point<B: Backend>(b: &B) {
     )
     .await;
     write(&store, "g", GroupWrite::AddMembers(members(&["carol"], 6))).await;
-    let carol = store.conversation_state(&uid("carol"), &grp).await.unwrap().unwrap();
+    let carol = store
+        .conversation_state(&uid("carol"), &grp)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((carol.read_seq, carol.unread_count), (0, 4));
     // Blocking the group's messages is kept on the membership.
     let updated = write(
@@ -2365,18 +2435,37 @@ pub async fn mentions_mark_the_mentioned_until_they_read<B: Backend>(b: &B) {
     create_users(&store, &["alice", "bob", "carol"]).await;
     let grp = ConversationId::group(&gid("g"));
     store
-        .create_group(new_group("g", "alice", &["bob", "carol"], GroupOptions::default()), 1)
+        .create_group(
+            new_group("g", "alice", &["bob", "carol"], GroupOptions::default()),
+            1,
+        )
         .await
         .unwrap();
     let state = |user: &'static str| {
         let (store, grp) = (&store, grp.clone());
-        async move { store.conversation_state(&uid(user), &grp).await.unwrap().unwrap() }
+        async move {
+            store
+                .conversation_state(&uid(user), &grp)
+                .await
+                .unwrap()
+                .unwrap()
+        }
     };
-    let before = store.changed_conversations(&uid("bob"), 0, 100).await.unwrap().version;
+    let before = store
+        .changed_conversations(&uid("bob"), 0, 100)
+        .await
+        .unwrap()
+        .version;
     let sent = append_ok(&store, group_message("alice", "g", "m1", &["bob"], false)).await;
-    assert_eq!(sent.mentions.as_ref().map(|m| m.user_ids.clone()), Some(vec![uid("bob")]));
+    assert_eq!(
+        sent.mentions.as_ref().map(|m| m.user_ids.clone()),
+        Some(vec![uid("bob")])
+    );
     // The mention is a change of Bob's own: his sync by version sees it.
-    let page = store.changed_conversations(&uid("bob"), before, 100).await.unwrap();
+    let page = store
+        .changed_conversations(&uid("bob"), before, 100)
+        .await
+        .unwrap();
     assert_eq!(page.conversations.len(), 1);
     assert!(page.conversations[0].mentioned);
     assert!(state("bob").await.mentioned);
@@ -2394,7 +2483,10 @@ pub async fn mentions_mark_the_mentioned_until_they_read<B: Backend>(b: &B) {
     let (states, _) = group_sync(&store, "carol", 0).await;
     assert!(states[0].mentioned);
     assert!(state("bob").await.mentioned);
-    assert!(!state("alice").await.mentioned, "the sender read their own message");
+    assert!(
+        !state("alice").await.mentioned,
+        "the sender read their own message"
+    );
     let history = store
         .get_messages(MessageQuery {
             conversation_id: grp.clone(),
@@ -2405,7 +2497,10 @@ pub async fn mentions_mark_the_mentioned_until_they_read<B: Backend>(b: &B) {
         })
         .await
         .unwrap();
-    assert_eq!(history.messages[2].mentions.as_ref().map(|m| m.all), Some(true));
+    assert_eq!(
+        history.messages[2].mentions.as_ref().map(|m| m.all),
+        Some(true)
+    );
     assert_eq!(history.messages[1].mentions, None);
     let read = store.mark_read(&uid("carol"), &grp, 3, 6).await.unwrap();
     assert!(!read.state.mentioned);

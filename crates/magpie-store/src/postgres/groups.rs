@@ -286,6 +286,26 @@ pub(super) async fn list_applications(
             )
             .await?
         }
+        ApplicationFilter::JoinsManagedBy(user) => {
+            let sql = sql!(
+                "SELECT {APPLICATION_COLUMNS} FROM group_applications \
+                 WHERE group_id IN (SELECT group_id FROM group_members \
+                   WHERE user_id = $1 AND role = ANY($5::text[])) \
+                 AND kind = $2 AND id < $3 ORDER BY id DESC LIMIT $4"
+            );
+            let join = groups::kind_to_sql(ApplicationKind::Join);
+            let managers = vec![
+                groups::role_to_sql(GroupRole::Owner),
+                groups::role_to_sql(GroupRole::Admin),
+            ];
+            query(
+                &conn.client,
+                &mut conn.statements,
+                sql,
+                &[&user.as_str(), &join, &before, &limit, &managers],
+            )
+            .await?
+        }
         ApplicationFilter::InvitationsFor(user) => {
             let sql = sql!(
                 "SELECT {APPLICATION_COLUMNS} FROM group_applications \

@@ -382,6 +382,27 @@ pub(super) fn list_applications(
                 application,
             )
         }
+        ApplicationFilter::JoinsManagedBy(user) => {
+            let sql = format!(
+                "SELECT {APPLICATION_COLUMNS} FROM group_applications \
+                 WHERE group_id IN (SELECT group_id FROM group_members \
+                   WHERE user_id = ?1 AND role IN (?5, ?6)) \
+                 AND kind = ?2 AND id < ?3 ORDER BY id DESC LIMIT ?4"
+            );
+            collect(
+                conn,
+                &sql,
+                (
+                    user.as_str(),
+                    join,
+                    before,
+                    page_limit(limit),
+                    groups::role_to_sql(GroupRole::Owner),
+                    groups::role_to_sql(GroupRole::Admin),
+                ),
+                application,
+            )
+        }
         ApplicationFilter::InvitationsFor(user) => {
             let sql = format!(
                 "SELECT {APPLICATION_COLUMNS} FROM group_applications \
@@ -506,7 +527,10 @@ fn last_seq(conn: &Connection, conversation: &ConversationId) -> StoreResult<u64
 }
 
 /// Every member's read position (see [`crate::GroupStore::group_read_positions`]).
-pub(super) fn read_positions(conn: &Connection, group: &GroupId) -> StoreResult<Vec<(UserId, u64)>> {
+pub(super) fn read_positions(
+    conn: &Connection,
+    group: &GroupId,
+) -> StoreResult<Vec<(UserId, u64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT gm.user_id, max(COALESCE(uc.read_seq, 0), gm.visible_from_seq - 1) \
          FROM group_members gm \

@@ -592,11 +592,7 @@ impl State {
             .insert(conversation.to_owned(), (seq, message.server_time));
         if message.conversation_id.kind() == ConversationKind::Group {
             let mention_all = message.mentions.as_ref().is_some_and(|m| m.all);
-            stamp_group_activity(
-                &self.conn,
-                conversation,
-                if mention_all { seq } else { 0 },
-            )?;
+            stamp_group_activity(&self.conn, conversation, if mention_all { seq } else { 0 })?;
         }
 
         for user in &new.participants {
@@ -643,7 +639,9 @@ impl State {
         // comes from the membership, and this write creates the row.
         let mut state = match rows::load_state(&self.conn, user, conversation)? {
             Some(state) => state,
-            None => rows::load_group_state(&self.conn, user, conversation)?.ok_or_else(not_found)?,
+            None => {
+                rows::load_group_state(&self.conn, user, conversation)?.ok_or_else(not_found)?
+            }
         };
         state.last_message = None;
         let target = seq.min(state.last_seq);

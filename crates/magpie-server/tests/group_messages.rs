@@ -643,3 +643,57 @@ async fn a_three_thousand_member_group_fans_out_to_everyone_once_in_order() {
         assert!(texts(&extra).is_empty(), "{name} got {extra:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_posts_to_a_group_on_behalf_of_a_member() {
+    let (server, mut c) = setup(&["alice", "bob"]).await;
+    server.create_user("carol").await;
+    create(&mut c[0], "team", &["bob"], json!({})).await;
+    let post = |from: &str, id: &str| json!({"from": from, "client_msg_id": id, "content": {"type": "text", "body": {"text": "from the backend"}}});
+    let (status, sent) = server
+        .rest(
+            "POST",
+            "/v1/groups/team/messages",
+            Some(post("alice", "b1")),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    assert_eq!(sent["message"]["from"], "alice");
+    // Every device of the sender gets it too: none of them sent it.
+    for client in &mut c {
+        let got = next_message_of(client, "text").await;
+        assert_eq!(got["id"], sent["message"]["id"]);
+    }
+    let (status, again) = server
+        .rest(
+            "POST",
+            "/v1/groups/team/messages",
+            Some(post("alice", "b1")),
+        )
+        .await;
+    assert_eq!((status, again["duplicate"].clone()), (200, json!(true)));
+    let refusals = [
+        ("/v1/groups/team/messages", post("carol", "b2"), 403, 2005),
+        ("/v1/groups/nope/messages", post("alice", "b3"), 404, 3004),
+        (
+            "/v1/groups/team/messages",
+            json!({"from": "alice", "client_msg_id": "b4", "content": {"type": "text", "body": {"text": ""}}}),
+            400,
+            1000,
+        ),
+        (
+            "/v1/groups/team/messages",
+            json!({"from": "alice", "client_msg_id": "b5", "oops": 1, "content": {"type": "text", "body": {"text": "x"}}}),
+            400,
+            1000,
+        ),
+    ];
+    for (path, body, status, code) in refusals {
+        let (got, answer) = server.rest("POST", path, Some(body.clone())).await;
+        assert_eq!(
+            (got, answer["code"].as_u64()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+}

@@ -25,6 +25,7 @@ pub(super) fn routes() -> Router<Arc<App>> {
         .route("/groups/{id}", get(read).patch(update).delete(destroy))
         .route("/groups/{id}/members", post(add_members).get(members))
         .route("/groups/{id}/members/{user}", delete(remove_member))
+        .route("/groups/{id}/messages", post(send_message))
         .route("/users/{id}/groups", get(joined))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
@@ -68,6 +69,47 @@ async fn update(
 
 async fn destroy(State(app): State<Arc<App>>, PathGroup(id): PathGroup) -> Result<Response> {
     Ok(axum::Json(app.destroy_group(&Actor::Backend, &id).await?).into_response())
+}
+
+/// `POST /v1/groups/{id}/messages`: a message the backend posts on behalf of a member.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostMessage {
+    from: UserId,
+    client_msg_id: String,
+    content: magpie_proto::MessageContent,
+    #[serde(default)]
+    ext: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    mentions: Option<magpie_proto::Mentions>,
+}
+
+/// Sends as `from`, under the same rules as a device of theirs (member, not muted); their
+/// devices all get the message, as none of them sent it.
+async fn send_message(
+    State(app): State<Arc<App>>,
+    PathGroup(id): PathGroup,
+    Json(body): Json<PostMessage>,
+) -> Result<Response> {
+    let origin = crate::messaging::Origin {
+        user: body.from,
+        session: None,
+        send_order: None,
+    };
+    let request = magpie_proto::frame::SendRequest {
+        to: magpie_proto::Peer::Group(id),
+        client_msg_id: body.client_msg_id,
+        content: body.content,
+        ext: body.ext,
+        mentions: body.mentions,
+    };
+    let sent = app.send_message(&origin, request).await?;
+    let status = if sent.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, axum::Json(sent)).into_response())
 }
 
 /// `POST /v1/groups/{id}/members`.

@@ -115,6 +115,26 @@ pub(super) fn spec() -> Value {
                         "options": {"$ref": "#/components/schemas/GroupOptions"}
                     }
                 },
+                "PostMessage": {
+                    "type": "object", "required": ["from", "client_msg_id", "content"], "additionalProperties": false,
+                    "properties": {
+                        "from": {"$ref": "#/components/schemas/UserId"},
+                        "client_msg_id": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "content": {"type": "object", "required": ["type", "body"], "description": "{type, body}: see docs/PROTOCOL.md, message types"},
+                        "ext": {"$ref": "#/components/schemas/Ext"},
+                        "mentions": {"type": "object", "properties": {
+                            "user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}, "maxItems": 30},
+                            "all": {"type": "boolean"}
+                        }}
+                    }
+                },
+                "Sent": {
+                    "type": "object", "required": ["message", "duplicate"],
+                    "properties": {
+                        "message": {"type": "object", "description": "the message as stored (docs/PROTOCOL.md)"},
+                        "duplicate": {"type": "boolean"}
+                    }
+                },
                 "UserIds": {
                     "type": "object", "required": ["user_ids"], "additionalProperties": false,
                     "properties": {"user_ids": {"type": "array", "items": {"$ref": "#/components/schemas/UserId"}, "maxItems": 100}}
@@ -286,6 +306,14 @@ pub(super) fn spec() -> Value {
                 "delete": {
                     "operationId": "removeGroupMember", "summary": "Remove a member", "security": [{"appSecret": []}],
                     "responses": merge(ok("200", "Empty"), error_responses(&[AUTH_ERRORS, &group_not_found, &[("403", "forbidden: the owner; not_group_member")]].concat()))
+                }
+            },
+            "/v1/groups/{id}/messages": {
+                "parameters": [group_path_param()],
+                "post": {
+                    "operationId": "postGroupMessage", "summary": "Post a message to a group on behalf of a member (the rules of a device of theirs apply); 201 when stored, 200 for a retry of a stored one", "security": [{"appSecret": []}],
+                    "requestBody": body("PostMessage", true),
+                    "responses": merge(merge(ok("201", "Sent"), ok("200", "Sent")), error_responses(&[AUTH_ERRORS, &group_not_found, &[("403", "not_group_member; muted"), ("413", "too_large")]].concat()))
                 }
             },
             "/v1/users/{id}/groups": {

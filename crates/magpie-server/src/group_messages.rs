@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::app::App;
 use crate::clock::now_ms;
+use crate::cluster::Cluster;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::sessions::{SessionId, SharedFrame};
@@ -165,13 +166,7 @@ pub(crate) struct GroupSend {
 impl App {
     /// The group's roster at its current version (one primary-key read when cached).
     pub(crate) async fn roster(&self, group: &GroupId) -> Result<Arc<Roster>> {
-        let record = self
-            .store
-            .get_groups(std::slice::from_ref(group))
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::new(ErrorCode::GroupNotFound, format!("no group {group}")))?;
+        let record = self.group_record(group).await?;
         let version = record.info.version;
         if let Some(roster) = self.rosters.get(group, version) {
             return Ok(roster);
@@ -235,20 +230,6 @@ impl App {
         })
     }
 
-    /// Delivers a group message to every receiving member's devices and to the sender's other
-    /// devices, on every node. One encoding per codec serves every recipient.
-    pub(crate) fn fan_out(&self, roster: &Roster, message: &Message, origin: Option<SessionId>) {
-        let frame = SharedFrame::new(ServerFrame::Event(Event::Message(message.clone())));
-        let mut delivered = 0;
-        for user in &roster.receivers {
-            if *user != message.from {
-                delivered += self.cluster.deliver(user, &frame, None);
-            }
-        }
-        delivered += self.cluster.deliver(&message.from, &frame, origin);
-        Metrics::add(&self.metrics.deliveries, delivered as u64);
-    }
-
     /// Writes a notice into a group's timeline ("bob joined") and delivers it like a message.
     /// The change it reports is already committed, so a failure is logged, not returned.
     pub(crate) async fn post_notice(
@@ -290,18 +271,10 @@ impl App {
             mentions: None,
             server_time: now,
         };
-        let (app_metrics, fan) = (self.metrics.clone(), roster.clone());
-        let cluster = self.cluster.clone();
+        let (cluster, metrics) = (self.cluster.clone(), self.metrics.clone());
         let on_commit: magpie_store::OnCommit = Box::new(move |appended| {
             if !appended.duplicate {
-                let frame =
-                    SharedFrame::new(ServerFrame::Event(Event::Message(appended.message.clone())));
-                let delivered: usize = fan
-                    .receivers
-                    .iter()
-                    .map(|user| cluster.deliver(user, &frame, None))
-                    .sum();
-                Metrics::add(&app_metrics.deliveries, delivered as u64);
+                fan_out(&cluster, &metrics, &roster, &appended.message, None);
             }
         });
         // Nobody's conversation row changes: members find the notice through the group's
@@ -473,6 +446,28 @@ impl App {
         .await?;
         Ok(())
     }
+}
+
+/// Delivers a group message to every receiving member's devices and, if the sender is a member,
+/// to their devices but `origin`, on every node. One encoding per codec serves every recipient.
+pub(crate) fn fan_out(
+    cluster: &Cluster,
+    metrics: &Metrics,
+    roster: &Roster,
+    message: &Message,
+    origin: Option<SessionId>,
+) {
+    let frame = SharedFrame::new(ServerFrame::Event(Event::Message(message.clone())));
+    let mut delivered = 0;
+    for user in &roster.receivers {
+        if *user != message.from {
+            delivered += cluster.deliver(user, &frame, None);
+        }
+    }
+    if roster.members.contains_key(&message.from) {
+        delivered += cluster.deliver(&message.from, &frame, origin);
+    }
+    Metrics::add(&metrics.deliveries, delivered as u64);
 }
 
 /// Read and unread counts of message `seq` sent by `sender`, over every member but the sender.

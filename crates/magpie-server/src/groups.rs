@@ -257,15 +257,19 @@ fn may_manage(actor: &Actor, role: GroupRole, targets: &[GroupMember]) -> Result
 }
 
 impl App {
-    /// Reads a group and the acting user's membership.
-    async fn standing(&self, actor: &Actor, group: &GroupId) -> Result<Standing> {
-        let record = self
-            .store
+    /// A group as stored, or `group_not_found`.
+    pub(crate) async fn group_record(&self, group: &GroupId) -> Result<GroupRecord> {
+        self.store
             .get_groups(std::slice::from_ref(group))
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| group_not_found(group))?;
+            .ok_or_else(|| group_not_found(group))
+    }
+
+    /// Reads a group and the acting user's membership.
+    async fn standing(&self, actor: &Actor, group: &GroupId) -> Result<Standing> {
+        let record = self.group_record(group).await?;
         let member = match actor.user() {
             Some(user) => self
                 .store

@@ -24,7 +24,7 @@ use crate::clock::now_ms;
 use crate::cluster::Cluster;
 use crate::encoded::json_len;
 use crate::error::{Error, Result};
-use crate::group_messages::{SendOrder, check_mentions};
+use crate::group_messages::{SendOrder, check_mentions, fan_out};
 use crate::metrics::Metrics;
 use crate::sessions::{SessionId, SharedFrame};
 
@@ -170,17 +170,24 @@ impl App {
             };
             if !checked.new.message.content.is_stored() {
                 drop(done);
-                app.fan_out(&checked.roster, &checked.new.message, from_session);
+                fan_out(
+                    &app.cluster,
+                    &app.metrics,
+                    &checked.roster,
+                    &checked.new.message,
+                    from_session,
+                );
                 Metrics::add(&app.metrics.commands, 1);
                 return Ok(SendResponse {
                     message: checked.new.message,
                     duplicate: false,
                 });
             }
-            let fan = (app.clone(), checked.roster);
+            let (cluster, metrics, roster) =
+                (app.cluster.clone(), app.metrics.clone(), checked.roster);
             let on_commit: OnCommit = Box::new(move |appended: &Appended| {
                 if !appended.duplicate {
-                    fan.0.fan_out(&fan.1, &appended.message, from_session);
+                    fan_out(&cluster, &metrics, &roster, &appended.message, from_session);
                 }
             });
             let appending = app.store.append_message(checked.new, Some(on_commit));

@@ -17,34 +17,9 @@ async fn setup_with(
     users: &[&str],
     tweak: impl FnOnce(&mut magpie_server::config::Config),
 ) -> (TestServer, Vec<RawClient>) {
-    let server = TestServer::start_with(|config| {
-        config.limits.send_rate_per_sec = 1e9;
-        config.limits.send_burst = 1_000_000_000;
-        config.limits.request_rate_per_sec = 1e9;
-        config.limits.request_burst = 1_000_000_000;
-        tweak(config);
-    })
-    .await;
-    let mut clients = Vec::new();
-    for user in users {
-        let token = server.user_with_token(user).await;
-        clients.push(server.raw_login(user, &token, "phone", "ios").await);
-    }
+    let server = TestServer::start_without_rate_limits_and(tweak).await;
+    let clients = server.log_in_all(users).await;
     (server, clients)
-}
-
-async fn ok(client: &mut RawClient, op: &str, data: Value) -> Value {
-    let answer = client.request(op, data).await;
-    assert_eq!(answer["type"], "response", "{op}: {answer}");
-    answer["data"].clone()
-}
-
-/// The error code name of a refused request.
-async fn refused(client: &mut RawClient, op: &str, data: Value) -> String {
-    let answer = client.request(op, data).await;
-    assert_eq!(answer["type"], "error", "{op} should fail: {answer}");
-    let code = u16::try_from(answer["error"]["code"].as_u64().unwrap()).unwrap();
-    magpie_proto::ErrorCode::from_u16(code).name().to_owned()
 }
 
 fn text_to_group(group: &str, client_msg_id: &str, text: &str) -> Value {
@@ -56,16 +31,19 @@ fn text_to_group(group: &str, client_msg_id: &str, text: &str) -> Value {
 }
 
 async fn send(client: &mut RawClient, group: &str, client_msg_id: &str, text: &str) -> Value {
-    ok(client, "send", text_to_group(group, client_msg_id, text)).await["message"].clone()
+    client
+        .ok("send", text_to_group(group, client_msg_id, text))
+        .await["message"]
+        .clone()
 }
 
 async fn create(owner: &mut RawClient, id: &str, members: &[&str], options: Value) {
-    ok(
-        owner,
-        "group_create",
-        json!({"group_id": id, "name": id, "members": members, "options": options}),
-    )
-    .await;
+    owner
+        .ok(
+            "group_create",
+            json!({"group_id": id, "name": id, "members": members, "options": options}),
+        )
+        .await;
 }
 
 /// The `message` events that arrive within `wait`, in arrival order.
@@ -114,9 +92,7 @@ fn group_state<'a>(sync: &'a Value, group: &str) -> Option<&'a Value> {
 }
 
 async fn history(client: &mut RawClient, group: &str) -> Vec<Value> {
-    let page = ok(
-        client,
-        "get_messages",
+    let page = client.ok("get_messages",
         json!({"conversation_id": format!("grp:{group}"), "direction": "forward", "limit": 200}),
     )
     .await;
@@ -178,7 +154,9 @@ async fn a_group_message_is_stored_once_and_reaches_every_member_once_in_order()
     assert_eq!(seqs(&stored), (1..=21).collect::<Vec<_>>());
     assert_eq!(texts(&stored), expected);
     // A retry is deduped.
-    let again = ok(&mut c[0], "send", text_to_group("team", "m3", "hello 3")).await;
+    let again = c[0]
+        .ok("send", text_to_group("team", "m3", "hello 3"))
+        .await;
     assert_eq!(again["duplicate"], true);
     assert_eq!(again["message"]["seq"], 5);
 }
@@ -193,7 +171,7 @@ async fn offline_members_find_group_messages_through_the_group_cursor() {
     }
     let token = server.token("bob").await;
     let mut bob = server.raw_login("bob", &token, "phone", "ios").await;
-    let first = ok(&mut bob, "sync", json!({})).await;
+    let first = bob.ok("sync", json!({})).await;
     let state = group_state(&first, "team").expect("the group conversation");
     assert_eq!(state["kind"], "group");
     assert_eq!(
@@ -204,23 +182,22 @@ async fn offline_members_find_group_messages_through_the_group_cursor() {
     assert_eq!(state["last_message"]["seq"], 4);
     assert_eq!(first["has_more"], false);
     let cursors = json!({"since": first["version"], "groups_since": first["groups_version"]});
-    let quiet = ok(&mut bob, "sync", cursors.clone()).await;
+    let quiet = bob.ok("sync", cursors.clone()).await;
     assert!(
         group_state(&quiet, "team").is_none(),
         "nothing new: {quiet}"
     );
     // Read state comes back through the user's own cursor.
-    ok(
-        &mut bob,
+    bob.ok(
         "mark_read",
         json!({"conversation_id": "grp:team", "seq": 3}),
     )
     .await;
-    let read = ok(&mut bob, "sync", cursors.clone()).await;
+    let read = bob.ok("sync", cursors.clone()).await;
     assert_eq!(group_state(&read, "team").unwrap()["unread_count"], 1);
     // A new message moves the group above the group cursor.
     send(&mut c[0], "team", "m9", "again").await;
-    let moved = ok(&mut bob, "sync", cursors).await;
+    let moved = bob.ok("sync", cursors).await;
     let state = group_state(&moved, "team").unwrap();
     assert_eq!(
         (state["last_seq"].as_u64(), state["unread_count"].as_u64()),
@@ -232,54 +209,49 @@ async fn offline_members_find_group_messages_through_the_group_cursor() {
 async fn only_members_who_are_not_muted_may_post() {
     let (_server, mut c) = setup(&["alice", "bob", "carol", "dave"]).await;
     create(&mut c[0], "team", &["bob", "carol"], json!({})).await;
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_set_role",
         json!({"group_id": "team", "user_ids": ["carol"], "role": "admin"}),
     )
     .await;
     let code = |name: &str| name.to_owned();
     assert_eq!(
-        refused(&mut c[3], "send", text_to_group("team", "x1", "let me in")).await,
+        c[3].refused("send", text_to_group("team", "x1", "let me in"))
+            .await,
         code("not_group_member")
     );
     assert_eq!(
-        refused(&mut c[3], "send", text_to_group("nope", "x2", "?")).await,
+        c[3].refused("send", text_to_group("nope", "x2", "?")).await,
         code("group_not_found")
     );
     // A muted member cannot post; an admin can even while muted; the mute runs out.
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_mute",
         json!({"group_id": "team", "user_ids": ["bob"], "seconds": 60}),
     )
     .await;
     assert_eq!(
-        refused(&mut c[1], "send", text_to_group("team", "b1", "hi")).await,
+        c[1].refused("send", text_to_group("team", "b1", "hi"))
+            .await,
         code("muted")
     );
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_mute",
         json!({"group_id": "team", "user_ids": ["bob"], "seconds": 0}),
     )
     .await;
     send(&mut c[1], "team", "b2", "unmuted").await;
     // Everyone muted: owner, admins and the allow list still speak.
-    ok(
-        &mut c[0],
-        "group_mute_all",
-        json!({"group_id": "team", "muted": true}),
-    )
-    .await;
+    c[0].ok("group_mute_all", json!({"group_id": "team", "muted": true}))
+        .await;
     assert_eq!(
-        refused(&mut c[1], "send", text_to_group("team", "b3", "hi")).await,
+        c[1].refused("send", text_to_group("team", "b3", "hi"))
+            .await,
         code("muted")
     );
     send(&mut c[2], "team", "c1", "admin speaking").await;
     send(&mut c[0], "team", "a1", "owner speaking").await;
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_allow_list",
         json!({"group_id": "team", "add": ["bob"]}),
     )
@@ -293,36 +265,22 @@ async fn only_members_who_are_not_muted_may_post() {
     // Bad inputs.
     let mut notice = text_to_group("team", "n1", "x");
     notice["content"] = json!({"type": "group_notice", "body": {"kind": "created"}});
-    assert_eq!(
-        refused(&mut c[0], "send", notice).await,
-        code("bad_request")
-    );
+    assert_eq!(c[0].refused("send", notice).await, code("bad_request"));
     let mut c2c_mention = text_to_group("team", "n2", "x");
     c2c_mention["to"] = json!({"kind": "user", "id": "bob"});
     c2c_mention["mentions"] = json!({"user_ids": ["bob"]});
-    assert_eq!(
-        refused(&mut c[0], "send", c2c_mention).await,
-        code("bad_request")
-    );
+    assert_eq!(c[0].refused("send", c2c_mention).await, code("bad_request"));
     let mut too_many = text_to_group("team", "n3", "x");
     let ids: Vec<String> = (0..31).map(|i| format!("u{i}")).collect();
     too_many["mentions"] = json!({"user_ids": ids});
+    assert_eq!(c[0].refused("send", too_many).await, code("bad_request"));
     assert_eq!(
-        refused(&mut c[0], "send", too_many).await,
-        code("bad_request")
-    );
-    assert_eq!(
-        refused(
-            &mut c[3],
-            "get_messages",
-            json!({"conversation_id": "grp:team"})
-        )
-        .await,
+        c[3].refused("get_messages", json!({"conversation_id": "grp:team"}))
+            .await,
         code("not_group_member")
     );
     assert_eq!(
-        refused(
-            &mut c[3],
+        c[3].refused(
             "mark_read",
             json!({"conversation_id": "grp:team", "seq": 1})
         )
@@ -337,7 +295,7 @@ async fn new_members_read_from_their_join_point_unless_history_is_shown() {
     create(&mut c[0], "team", &[], json!({"join_policy": "open"})).await;
     send(&mut c[0], "team", "m1", "before bob").await;
     send(&mut c[0], "team", "m2", "also before bob").await;
-    ok(&mut c[1], "group_join", json!({"group_id": "team"})).await;
+    c[1].ok("group_join", json!({"group_id": "team"})).await;
     // Bob's first line is the notice of his own joining (pushed to him before his answer).
     let joined = history(&mut c[1], "team").await.remove(0);
     assert_eq!(joined["content"]["body"]["kind"], "member_joined");
@@ -348,7 +306,7 @@ async fn new_members_read_from_their_join_point_unless_history_is_shown() {
     let seen = history(&mut c[1], "team").await;
     assert_eq!(texts(&seen), ["after bob"]);
     assert_eq!(seen[0]["seq"], joined["seq"], "history starts at the join");
-    let sync = ok(&mut c[1], "sync", json!({})).await;
+    let sync = c[1].ok("sync", json!({})).await;
     assert_eq!(
         group_state(&sync, "team").unwrap()["unread_count"],
         2,
@@ -356,25 +314,19 @@ async fn new_members_read_from_their_join_point_unless_history_is_shown() {
     );
 
     // With history shown to new members, Carol sees everything.
-    ok(
-        &mut c[0],
-        "group_update",
+    c[0].ok("group_update",
         json!({"group_id": "team", "options": {"join_policy": "open", "history_visible_to_new_members": true}}),
     )
     .await;
-    ok(&mut c[2], "group_join", json!({"group_id": "team"})).await;
+    c[2].ok("group_join", json!({"group_id": "team"})).await;
     let all = history(&mut c[2], "team").await;
     assert_eq!(texts(&all), ["before bob", "also before bob", "after bob"]);
     assert_eq!(all[0]["seq"], 1);
     // Leaving ends reading.
-    ok(&mut c[1], "group_leave", json!({"group_id": "team"})).await;
+    c[1].ok("group_leave", json!({"group_id": "team"})).await;
     assert_eq!(
-        refused(
-            &mut c[1],
-            "get_messages",
-            json!({"conversation_id": "grp:team"})
-        )
-        .await,
+        c[1].refused("get_messages", json!({"conversation_id": "grp:team"}))
+            .await,
         "not_group_member"
     );
     let left = next_message_of(&mut c[0], "group_notice").await;
@@ -393,7 +345,7 @@ async fn mentions_mark_the_conversation_until_read() {
     create(&mut c[0], "team", &["bob", "carol"], json!({})).await;
     let mut request = text_to_group("team", "m1", "@bob look");
     request["mentions"] = json!({"user_ids": ["bob", "stranger"]});
-    let sent = ok(&mut c[0], "send", request).await["message"].clone();
+    let sent = c[0].ok("send", request).await["message"].clone();
     assert_eq!(
         sent["mentions"],
         json!({"user_ids": ["bob"]}),
@@ -401,27 +353,27 @@ async fn mentions_mark_the_conversation_until_read() {
     );
     let delivered = next_message_of(&mut c[1], "text").await;
     assert_eq!(delivered["mentions"]["user_ids"], json!(["bob"]));
-    let bob = ok(&mut c[1], "sync", json!({})).await;
+    let bob = c[1].ok("sync", json!({})).await;
     assert_eq!(group_state(&bob, "team").unwrap()["mentioned"], true);
-    let carol = ok(&mut c[2], "sync", json!({})).await;
+    let carol = c[2].ok("sync", json!({})).await;
     assert!(
         group_state(&carol, "team")
             .unwrap()
             .get("mentioned")
             .is_none()
     );
-    let read = ok(
-        &mut c[1],
-        "mark_read",
-        json!({"conversation_id": "grp:team", "seq": 2}),
-    )
-    .await;
+    let read = c[1]
+        .ok(
+            "mark_read",
+            json!({"conversation_id": "grp:team", "seq": 2}),
+        )
+        .await;
     assert!(read.get("mentioned").is_none(), "{read}");
     // "@all" marks every member.
     let mut everyone = text_to_group("team", "m2", "@all meeting");
     everyone["mentions"] = json!({"all": true});
-    ok(&mut c[0], "send", everyone).await;
-    let carol = ok(&mut c[2], "sync", json!({})).await;
+    c[0].ok("send", everyone).await;
+    let carol = c[2].ok("sync", json!({})).await;
     assert_eq!(group_state(&carol, "team").unwrap()["mentioned"], true);
 }
 
@@ -432,8 +384,7 @@ async fn senders_learn_who_read_their_group_messages() {
     let first = send(&mut c[0], "team", "m1", "one").await;
     let second = send(&mut c[0], "team", "m2", "two").await;
     let seq = second["seq"].as_u64().unwrap();
-    ok(
-        &mut c[1],
+    c[1].ok(
         "mark_read",
         json!({"conversation_id": "grp:team", "seq": seq}),
     )
@@ -448,51 +399,49 @@ async fn senders_learn_who_read_their_group_messages() {
             {"seq": seq, "read_count": 1, "unread_count": 1}
         ])
     );
-    let readers = ok(
-        &mut c[0],
-        "group_read_receipts",
-        json!({"conversation_id": "grp:team", "seq": seq}),
-    )
-    .await;
+    let readers = c[0]
+        .ok(
+            "group_read_receipts",
+            json!({"conversation_id": "grp:team", "seq": seq}),
+        )
+        .await;
     assert_eq!(readers["read_count"], 1);
     assert_eq!(readers["unread_count"], 1);
     assert_eq!(readers["user_ids"], json!(["bob"]));
-    let unread = ok(
-        &mut c[0],
-        "group_read_receipts",
-        json!({"conversation_id": "grp:team", "seq": seq, "read": false}),
-    )
-    .await;
+    let unread = c[0]
+        .ok(
+            "group_read_receipts",
+            json!({"conversation_id": "grp:team", "seq": seq, "read": false}),
+        )
+        .await;
     assert_eq!(unread["user_ids"], json!(["carol"]));
     // Paging.
-    ok(
-        &mut c[2],
+    c[2].ok(
         "mark_read",
         json!({"conversation_id": "grp:team", "seq": seq}),
     )
     .await;
-    let page = ok(
-        &mut c[0],
-        "group_read_receipts",
-        json!({"conversation_id": "grp:team", "seq": seq, "limit": 1}),
-    )
-    .await;
+    let page = c[0]
+        .ok(
+            "group_read_receipts",
+            json!({"conversation_id": "grp:team", "seq": seq, "limit": 1}),
+        )
+        .await;
     assert_eq!(
         (page["user_ids"].clone(), page["next_after"].clone()),
         (json!(["bob"]), json!("bob"))
     );
-    let rest = ok(
-        &mut c[0],
-        "group_read_receipts",
-        json!({"conversation_id": "grp:team", "seq": seq, "limit": 1, "after": "bob"}),
-    )
-    .await;
+    let rest = c[0]
+        .ok(
+            "group_read_receipts",
+            json!({"conversation_id": "grp:team", "seq": seq, "limit": 1, "after": "bob"}),
+        )
+        .await;
     assert_eq!(rest["user_ids"], json!(["carol"]));
     assert!(rest.get("next_after").is_none());
     // Bad inputs.
     assert_eq!(
-        refused(
-            &mut c[0],
+        c[0].refused(
             "group_read_receipts",
             json!({"conversation_id": "grp:team", "seq": 999})
         )
@@ -500,8 +449,7 @@ async fn senders_learn_who_read_their_group_messages() {
         "not_found"
     );
     assert_eq!(
-        refused(
-            &mut c[0],
+        c[0].refused(
             "group_read_receipts",
             json!({"conversation_id": "c2c:alice:bob", "seq": 1})
         )
@@ -518,18 +466,17 @@ async fn large_groups_answer_read_counts_only() {
     .await;
     create(&mut c[0], "team", &["bob", "carol"], json!({})).await;
     let sent = send(&mut c[0], "team", "m1", "one").await;
-    ok(
-        &mut c[1],
+    c[1].ok(
         "mark_read",
         json!({"conversation_id": "grp:team", "seq": sent["seq"]}),
     )
     .await;
-    let answer = ok(
-        &mut c[0],
-        "group_read_receipts",
-        json!({"conversation_id": "grp:team", "seq": sent["seq"]}),
-    )
-    .await;
+    let answer = c[0]
+        .ok(
+            "group_read_receipts",
+            json!({"conversation_id": "grp:team", "seq": sent["seq"]}),
+        )
+        .await;
     assert_eq!(
         (
             answer["read_count"].as_u64(),
@@ -550,8 +497,7 @@ async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_keeps_the_coun
     let (_server, mut c) = setup(&["alice", "bob"]).await;
     create(&mut c[0], "team", &["bob"], json!({})).await;
     next_message_of(&mut c[1], "group_notice").await;
-    ok(
-        &mut c[1],
+    c[1].ok(
         "group_set_receive",
         json!({"group_id": "team", "receive": false}),
     )
@@ -562,10 +508,9 @@ async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_keeps_the_coun
             .await
             .is_empty()
     );
-    let sync = ok(&mut c[1], "sync", json!({})).await;
+    let sync = c[1].ok("sync", json!({})).await;
     assert_eq!(group_state(&sync, "team").unwrap()["unread_count"], 2);
-    ok(
-        &mut c[1],
+    c[1].ok(
         "group_set_receive",
         json!({"group_id": "team", "receive": true}),
     )
@@ -574,8 +519,7 @@ async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_keeps_the_coun
     let back = next_message_of(&mut c[1], "text").await;
     assert_eq!(back["content"]["body"]["text"], "back");
     assert_eq!(
-        refused(
-            &mut c[0],
+        c[0].refused(
             "group_set_receive",
             json!({"group_id": "nope", "receive": false})
         )
@@ -606,7 +550,7 @@ async fn a_three_thousand_member_group_fans_out_to_everyone_once_in_order() {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    let info = ok(&mut owner, "group_info", json!({"group_ids": ["big"]})).await;
+    let info = owner.ok("group_info", json!({"group_ids": ["big"]})).await;
     assert_eq!(info["groups"][0]["member_count"], MEMBERS);
 
     let mut clients = Vec::with_capacity(names.len());

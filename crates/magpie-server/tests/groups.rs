@@ -11,40 +11,8 @@ use serde_json::{Value, json};
 /// A server and logged-in clients for the named users.
 async fn setup(users: &[&str]) -> (TestServer, Vec<RawClient>) {
     let server = TestServer::start_without_rate_limits().await;
-    let mut clients = Vec::new();
-    for user in users {
-        let token = server.user_with_token(user).await;
-        clients.push(server.raw_login(user, &token, "phone", "ios").await);
-    }
+    let clients = server.log_in_all(users).await;
     (server, clients)
-}
-
-/// The successful answer's data; panics with the frame otherwise.
-async fn ok(client: &mut RawClient, op: &str, data: Value) -> Value {
-    let answer = client.request(op, data).await;
-    assert_eq!(answer["type"], "response", "{op}: {answer}");
-    answer["data"].clone()
-}
-
-/// The error name of a refused request.
-async fn refused(client: &mut RawClient, op: &str, data: Value) -> String {
-    let answer = client.request(op, data).await;
-    assert_eq!(answer["type"], "error", "{op} should fail: {answer}");
-    let code = answer["error"]["code"].as_u64().unwrap();
-    let name = match code {
-        1000 => "bad_request",
-        2004 => "forbidden",
-        2005 => "not_group_member",
-        2007 => "blocked_from_group",
-        3000 => "not_found",
-        3001 => "user_not_found",
-        3003 => "conflict",
-        3004 => "group_not_found",
-        3005 => "group_full",
-        4000 => "too_large",
-        other => panic!("unexpected code {other}: {answer}"),
-    };
-    name.to_owned()
 }
 
 /// Waits for the `group` event with this change.
@@ -69,9 +37,7 @@ async fn no_change(client: &mut RawClient, kind: &str) {
 }
 
 async fn create(owner: &mut RawClient, id: &str, members: &[&str], options: Value) -> Value {
-    ok(
-        owner,
-        "group_create",
+    owner.ok("group_create",
         json!({"group_id": id, "name": format!("Group {id}"), "members": members, "options": options}),
     )
     .await
@@ -99,25 +65,22 @@ async fn a_created_group_has_its_owner_and_members_and_everyone_is_told() {
     assert_eq!(created["actor"], "alice");
     no_change(&mut c[2], "created").await;
 
-    let page = ok(&mut c[1], "group_members", json!({"group_id": "team"})).await;
+    let page = c[1].ok("group_members", json!({"group_id": "team"})).await;
     assert_eq!(member_ids(&page), ["alice", "bob"]);
     assert_eq!(page["members"][0]["role"], "owner");
-    let joined = ok(&mut c[1], "group_joined", json!({})).await;
+    let joined = c[1].ok("group_joined", json!({})).await;
     assert_eq!(joined["groups"][0]["group_id"], "team");
     assert_eq!(
-        refused(&mut c[2], "group_members", json!({"group_id": "team"})).await,
+        c[2].refused("group_members", json!({"group_id": "team"}))
+            .await,
         "not_group_member"
     );
     // A generated id when none is given; a taken id is refused.
-    let generated = ok(&mut c[2], "group_create", json!({"name": "mine"})).await;
+    let generated = c[2].ok("group_create", json!({"name": "mine"})).await;
     assert!(generated["group_id"].as_str().unwrap().starts_with('g'));
     assert_eq!(
-        refused(
-            &mut c[2],
-            "group_create",
-            json!({"group_id": "team", "name": "x"})
-        )
-        .await,
+        c[2].refused("group_create", json!({"group_id": "team", "name": "x"}))
+            .await,
         "conflict"
     );
 }
@@ -126,25 +89,21 @@ async fn a_created_group_has_its_owner_and_members_and_everyone_is_told() {
 async fn bad_inputs_get_clear_errors() {
     let (server, mut c) = setup(&["alice", "bob", "carol"]).await;
     assert_eq!(
-        refused(&mut c[0], "group_create", json!({"name": "  "})).await,
+        c[0].refused("group_create", json!({"name": "  "})).await,
         "bad_request"
     );
     assert_eq!(
-        refused(&mut c[0], "group_create", json!({"name": "x".repeat(101)})).await,
+        c[0].refused("group_create", json!({"name": "x".repeat(101)}))
+            .await,
         "too_large"
     );
     assert_eq!(
-        refused(
-            &mut c[0],
-            "group_create",
-            json!({"name": "x", "members": ["nobody"]})
-        )
-        .await,
+        c[0].refused("group_create", json!({"name": "x", "members": ["nobody"]}))
+            .await,
         "user_not_found"
     );
     assert_eq!(
-        refused(
-            &mut c[0],
+        c[0].refused(
             "group_create",
             json!({"name": "x", "options": {"max_members": 1}})
         )
@@ -152,32 +111,24 @@ async fn bad_inputs_get_clear_errors() {
         "bad_request"
     );
     assert_eq!(
-        refused(
-            &mut c[0],
-            "group_create",
-            json!({"name": "x", "group_id": "bad id!"})
-        )
-        .await,
+        c[0].refused("group_create", json!({"name": "x", "group_id": "bad id!"}))
+            .await,
         "bad_request"
     );
     assert_eq!(
-        refused(&mut c[0], "group_join", json!({"group_id": "ghost"})).await,
+        c[0].refused("group_join", json!({"group_id": "ghost"}))
+            .await,
         "group_not_found"
     );
     create(&mut c[0], "g1", &["bob"], json!({})).await;
     let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
     assert_eq!(
-        refused(
-            &mut c[0],
-            "group_invite",
-            json!({"group_id": "g1", "user_ids": many})
-        )
-        .await,
+        c[0].refused("group_invite", json!({"group_id": "g1", "user_ids": many}))
+            .await,
         "too_large"
     );
     assert_eq!(
-        refused(
-            &mut c[0],
+        c[0].refused(
             "group_set_role",
             json!({"group_id": "g1", "user_ids": ["bob"], "role": "owner"})
         )
@@ -185,7 +136,7 @@ async fn bad_inputs_get_clear_errors() {
         "bad_request"
     );
     assert_eq!(
-        refused(&mut c[0], "group_update", json!({"name": "no id"})).await,
+        c[0].refused("group_update", json!({"name": "no id"})).await,
         "bad_request"
     );
     // Paging, per-op limits and unknown ids.
@@ -245,25 +196,20 @@ async fn bad_inputs_get_clear_errors() {
         ),
     ];
     for (op, data, want) in cases {
-        assert_eq!(
-            refused(&mut c[0], op, data.clone()).await,
-            want,
-            "{op} {data}"
-        );
+        assert_eq!(c[0].refused(op, data.clone()).await, want, "{op} {data}");
     }
     // Outsiders may not read members' views; members may not read managers' views.
     for op in ["group_attributes", "group_counters", "group_members"] {
         let data = json!({"group_id": "g1"});
         assert_eq!(
-            refused(&mut c[2], op, data.clone()).await,
+            c[2].refused(op, data.clone()).await,
             "not_group_member",
             "{op}"
         );
-        ok(&mut c[1], op, data).await;
+        c[1].ok(op, data).await;
     }
     assert_eq!(
-        refused(
-            &mut c[2],
+        c[2].refused(
             "group_members_info",
             json!({"group_id": "g1", "user_ids": ["alice"]})
         )
@@ -271,7 +217,8 @@ async fn bad_inputs_get_clear_errors() {
         "not_group_member"
     );
     assert_eq!(
-        refused(&mut c[1], "group_blocks", json!({"group_id": "g1"})).await,
+        c[1].refused("group_blocks", json!({"group_id": "g1"}))
+            .await,
         "forbidden",
         "members may not read the block list"
     );
@@ -301,26 +248,17 @@ async fn owners_admins_and_members_each_may_do_what_their_role_allows() {
     create(&mut c[0], "g", &["admin", "m1", "m2"], json!({})).await;
     // Members may not manage.
     assert_eq!(
-        refused(
-            &mut c[2],
-            "group_update",
-            json!({"group_id": "g", "name": "new"})
-        )
-        .await,
+        c[2].refused("group_update", json!({"group_id": "g", "name": "new"}))
+            .await,
         "forbidden"
     );
     assert_eq!(
-        refused(
-            &mut c[2],
-            "group_kick",
-            json!({"group_id": "g", "user_ids": ["m2"]})
-        )
-        .await,
+        c[2].refused("group_kick", json!({"group_id": "g", "user_ids": ["m2"]}))
+            .await,
         "forbidden"
     );
     assert_eq!(
-        refused(
-            &mut c[1],
+        c[1].refused(
             "group_set_role",
             json!({"group_id": "g", "user_ids": ["m1"], "role": "admin"})
         )
@@ -328,8 +266,7 @@ async fn owners_admins_and_members_each_may_do_what_their_role_allows() {
         "forbidden",
         "only the owner appoints admins"
     );
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_set_role",
         json!({"group_id": "g", "user_ids": ["admin"], "role": "admin"}),
     )
@@ -338,8 +275,7 @@ async fn owners_admins_and_members_each_may_do_what_their_role_allows() {
     assert_eq!(added["user_id"], "admin");
 
     // Admins manage members, not admins or the owner.
-    ok(
-        &mut c[1],
+    c[1].ok(
         "group_update",
         json!({"group_id": "g", "name": "renamed", "announcement": "hello"}),
     )
@@ -353,23 +289,20 @@ async fn owners_admins_and_members_each_may_do_what_their_role_allows() {
         "hello"
     );
     assert_eq!(
-        refused(
-            &mut c[1],
+        c[1].refused(
             "group_kick",
             json!({"group_id": "g", "user_ids": ["owner"]})
         )
         .await,
         "forbidden"
     );
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_set_role",
         json!({"group_id": "g", "user_ids": ["m1"], "role": "admin"}),
     )
     .await;
     assert_eq!(
-        refused(
-            &mut c[1],
+        c[1].refused(
             "group_mute",
             json!({"group_id": "g", "user_ids": ["m1"], "seconds": 60})
         )
@@ -377,45 +310,35 @@ async fn owners_admins_and_members_each_may_do_what_their_role_allows() {
         "forbidden",
         "an admin cannot mute another admin"
     );
-    ok(
-        &mut c[1],
+    c[1].ok(
         "group_mute",
         json!({"group_id": "g", "user_ids": ["m2"], "seconds": 60}),
     )
     .await;
     let muted = change(&mut c[3], "mute_changed").await;
     assert!(muted["until"].as_i64().unwrap() > magpie_testkit::now_ms());
-    ok(
-        &mut c[1],
-        "group_mute_all",
-        json!({"group_id": "g", "muted": true}),
-    )
-    .await;
+    c[1].ok("group_mute_all", json!({"group_id": "g", "muted": true}))
+        .await;
     assert_eq!(
         change(&mut c[3], "all_muted_changed").await["all_muted"],
         true
     );
-    ok(
-        &mut c[1],
-        "group_allow_list",
-        json!({"group_id": "g", "add": ["m2"]}),
-    )
-    .await;
+    c[1].ok("group_allow_list", json!({"group_id": "g", "add": ["m2"]}))
+        .await;
     assert_eq!(
         change(&mut c[3], "allow_list_changed").await["added"],
         json!(["m2"])
     );
-    let info = ok(
-        &mut c[3],
-        "group_members_info",
-        json!({"group_id": "g", "user_ids": ["m2"]}),
-    )
-    .await;
+    let info = c[3]
+        .ok(
+            "group_members_info",
+            json!({"group_id": "g", "user_ids": ["m2"]}),
+        )
+        .await;
     assert_eq!(info["members"][0]["allowed_when_all_muted"], true);
 
     // Members set their own info, not others'.
-    ok(
-        &mut c[3],
+    c[3].ok(
         "group_set_member",
         json!({"group_id": "g", "nickname": "Emm", "attributes": {"title": "dev"}}),
     )
@@ -423,8 +346,7 @@ async fn owners_admins_and_members_each_may_do_what_their_role_allows() {
     let changed = change(&mut c[0], "member_info_changed").await;
     assert_eq!(changed["member"]["nickname"], "Emm");
     assert_eq!(
-        refused(
-            &mut c[3],
+        c[3].refused(
             "group_set_member",
             json!({"group_id": "g", "user_id": "admin", "nickname": "x"})
         )
@@ -434,14 +356,15 @@ async fn owners_admins_and_members_each_may_do_what_their_role_allows() {
 
     // Only the owner destroys; the owner cannot leave.
     assert_eq!(
-        refused(&mut c[1], "group_destroy", json!({"group_id": "g"})).await,
+        c[1].refused("group_destroy", json!({"group_id": "g"}))
+            .await,
         "forbidden"
     );
     assert_eq!(
-        refused(&mut c[0], "group_leave", json!({"group_id": "g"})).await,
+        c[0].refused("group_leave", json!({"group_id": "g"})).await,
         "forbidden"
     );
-    ok(&mut c[3], "group_leave", json!({"group_id": "g"})).await;
+    c[3].ok("group_leave", json!({"group_id": "g"})).await;
     assert_eq!(change(&mut c[2], "member_left").await["user_id"], "m2");
 }
 
@@ -463,14 +386,13 @@ async fn join_policies_open_approval_and_invite_only() {
         json!({"join_policy": "invite_only"}),
     )
     .await;
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_set_role",
         json!({"group_id": "closed", "user_ids": ["admin"], "role": "admin"}),
     )
     .await;
 
-    let joined = ok(&mut c[2], "group_join", json!({"group_id": "open"})).await;
+    let joined = c[2].ok("group_join", json!({"group_id": "open"})).await;
     assert_eq!(joined["joined"], true);
     assert_eq!(
         change(&mut c[0], "members_joined").await["members"][0]["user_id"],
@@ -478,10 +400,11 @@ async fn join_policies_open_approval_and_invite_only() {
     );
 
     assert_eq!(
-        refused(&mut c[2], "group_join", json!({"group_id": "secret"})).await,
+        c[2].refused("group_join", json!({"group_id": "secret"}))
+            .await,
         "forbidden"
     );
-    let directory = ok(&mut c[3], "group_directory", json!({"query": "GROUP"})).await;
+    let directory = c[3].ok("group_directory", json!({"query": "GROUP"})).await;
     let ids: Vec<&str> = directory["groups"]
         .as_array()
         .unwrap()
@@ -490,54 +413,56 @@ async fn join_policies_open_approval_and_invite_only() {
         .collect();
     assert_eq!(ids, ["closed", "open"], "invite-only groups are not listed");
 
-    let pending = ok(
-        &mut c[2],
-        "group_join",
-        json!({"group_id": "closed", "message": "let me in"}),
-    )
-    .await;
+    let pending = c[2]
+        .ok(
+            "group_join",
+            json!({"group_id": "closed", "message": "let me in"}),
+        )
+        .await;
     assert_eq!(pending["joined"], false);
     let application_id = pending["application"]["application_id"].clone();
     let received = change(&mut c[1], "application_received").await;
     assert_eq!(received["application"]["message"], "let me in");
     // Asking twice gives the same pending application.
-    let again = ok(&mut c[2], "group_join", json!({"group_id": "closed"})).await;
+    let again = c[2].ok("group_join", json!({"group_id": "closed"})).await;
     assert_eq!(again["application"]["application_id"], application_id);
-    let inbox = ok(&mut c[1], "group_applications", json!({"box": "received"})).await;
+    let inbox = c[1]
+        .ok("group_applications", json!({"box": "received"}))
+        .await;
     assert_eq!(inbox["applications"][0]["application_id"], application_id);
-    let sent = ok(&mut c[2], "group_applications", json!({"box": "sent"})).await;
+    let sent = c[2].ok("group_applications", json!({"box": "sent"})).await;
     assert_eq!(sent["applications"][0]["application_id"], application_id);
 
     assert_eq!(
-        refused(
-            &mut c[3],
+        c[3].refused(
             "group_handle_application",
             json!({"application_id": application_id, "accept": true})
         )
         .await,
         "not_group_member"
     );
-    let handled = ok(
-        &mut c[1],
-        "group_handle_application",
-        json!({"application_id": application_id, "accept": true, "reason": "welcome"}),
-    )
-    .await;
+    let handled = c[1]
+        .ok(
+            "group_handle_application",
+            json!({"application_id": application_id, "accept": true, "reason": "welcome"}),
+        )
+        .await;
     assert_eq!(handled["state"], "accepted");
     assert_eq!(
         change(&mut c[2], "application_handled").await["application"]["reason"],
         "welcome"
     );
     assert_eq!(
-        refused(
-            &mut c[1],
+        c[1].refused(
             "group_handle_application",
             json!({"application_id": application_id, "accept": false})
         )
         .await,
         "conflict"
     );
-    let page = ok(&mut c[2], "group_members", json!({"group_id": "closed"})).await;
+    let page = c[2]
+        .ok("group_members", json!({"group_id": "closed"}))
+        .await;
     assert!(member_ids(&page).contains(&"joiner".to_owned()));
 }
 
@@ -552,8 +477,7 @@ async fn invitations_needing_acceptance_are_answered_by_the_invitee_only() {
     )
     .await;
     assert_eq!(
-        refused(
-            &mut c[1],
+        c[1].refused(
             "group_invite",
             json!({"group_id": "g", "user_ids": ["guest"]})
         )
@@ -561,12 +485,12 @@ async fn invitations_needing_acceptance_are_answered_by_the_invitee_only() {
         "forbidden",
         "members may not invite here"
     );
-    let results = ok(
-        &mut c[0],
-        "group_invite",
-        json!({"group_id": "g", "user_ids": ["guest", "member", "nobody"]}),
-    )
-    .await;
+    let results = c[0]
+        .ok(
+            "group_invite",
+            json!({"group_id": "g", "user_ids": ["guest", "member", "nobody"]}),
+        )
+        .await;
     let outcomes: Vec<&str> = results["results"]
         .as_array()
         .unwrap()
@@ -577,16 +501,14 @@ async fn invitations_needing_acceptance_are_answered_by_the_invitee_only() {
     let invitation = change(&mut c[2], "invitation_received").await;
     let id = invitation["application"]["application_id"].clone();
     assert_eq!(
-        refused(
-            &mut c[3],
+        c[3].refused(
             "group_handle_application",
             json!({"application_id": id, "accept": true})
         )
         .await,
         "forbidden"
     );
-    ok(
-        &mut c[2],
+    c[2].ok(
         "group_handle_application",
         json!({"application_id": id, "accept": true}),
     )
@@ -607,8 +529,7 @@ async fn kicked_with_a_ban_and_blocked_users_cannot_come_back() {
         json!({"join_policy": "open"}),
     )
     .await;
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_kick",
         json!({"group_id": "g", "user_ids": ["bad"], "ban_seconds": 3600}),
     )
@@ -617,12 +538,11 @@ async fn kicked_with_a_ban_and_blocked_users_cannot_come_back() {
     assert_eq!(kicked["user_ids"], json!(["bad"]));
     assert!(kicked["banned_until"].as_i64().is_some());
     assert_eq!(
-        refused(&mut c[1], "group_join", json!({"group_id": "g"})).await,
+        c[1].refused("group_join", json!({"group_id": "g"})).await,
         "blocked_from_group"
     );
 
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_block_list",
         json!({"group_id": "g", "add": ["worse"]}),
     )
@@ -632,19 +552,18 @@ async fn kicked_with_a_ban_and_blocked_users_cannot_come_back() {
         json!(["worse"])
     );
     assert_eq!(
-        refused(&mut c[2], "group_join", json!({"group_id": "g"})).await,
+        c[2].refused("group_join", json!({"group_id": "g"})).await,
         "blocked_from_group"
     );
-    let blocks = ok(&mut c[0], "group_blocks", json!({"group_id": "g"})).await;
+    let blocks = c[0].ok("group_blocks", json!({"group_id": "g"})).await;
     assert_eq!(blocks["blocked"].as_array().unwrap().len(), 2);
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_block_list",
         json!({"group_id": "g", "remove": ["worse"]}),
     )
     .await;
     assert_eq!(
-        ok(&mut c[2], "group_join", json!({"group_id": "g"})).await["joined"],
+        c[2].ok("group_join", json!({"group_id": "g"})).await["joined"],
         true
     );
 }
@@ -659,14 +578,14 @@ async fn a_full_group_takes_no_one_more() {
         json!({"join_policy": "open", "max_members": 3}),
     )
     .await;
-    ok(&mut c[2], "group_join", json!({"group_id": "small"})).await;
+    c[2].ok("group_join", json!({"group_id": "small"})).await;
     assert_eq!(
-        refused(&mut c[3], "group_join", json!({"group_id": "small"})).await,
+        c[3].refused("group_join", json!({"group_id": "small"}))
+            .await,
         "group_full"
     );
     assert_eq!(
-        refused(
-            &mut c[0],
+        c[0].refused(
             "group_update",
             json!({"group_id": "small", "options": {"max_members": 2}})
         )
@@ -681,32 +600,22 @@ async fn ownership_moves_and_destroying_tells_everyone() {
     let (_server, mut c) = setup(&["alice", "bob", "carol"]).await;
     create(&mut c[0], "g", &["bob", "carol"], json!({})).await;
     assert_eq!(
-        refused(
-            &mut c[1],
-            "group_transfer",
-            json!({"group_id": "g", "to": "bob"})
-        )
-        .await,
+        c[1].refused("group_transfer", json!({"group_id": "g", "to": "bob"}))
+            .await,
         "forbidden"
     );
-    let info = ok(
-        &mut c[0],
-        "group_transfer",
-        json!({"group_id": "g", "to": "bob"}),
-    )
-    .await;
+    let info = c[0]
+        .ok("group_transfer", json!({"group_id": "g", "to": "bob"}))
+        .await;
     assert_eq!(info["owner"], "bob");
     let moved = change(&mut c[2], "owner_changed").await;
     assert_eq!(
         (moved["from"].clone(), moved["to"].clone()),
         (json!("alice"), json!("bob"))
     );
-    let roles = ok(
-        &mut c[2],
-        "group_members",
-        json!({"group_id": "g", "role": "admin"}),
-    )
-    .await;
+    let roles = c[2]
+        .ok("group_members", json!({"group_id": "g", "role": "admin"}))
+        .await;
     assert_eq!(
         member_ids(&roles),
         ["alice"],
@@ -714,16 +623,17 @@ async fn ownership_moves_and_destroying_tells_everyone() {
     );
 
     assert_eq!(
-        refused(&mut c[0], "group_destroy", json!({"group_id": "g"})).await,
+        c[0].refused("group_destroy", json!({"group_id": "g"}))
+            .await,
         "forbidden"
     );
-    ok(&mut c[1], "group_destroy", json!({"group_id": "g"})).await;
+    c[1].ok("group_destroy", json!({"group_id": "g"})).await;
     change(&mut c[0], "destroyed").await;
     change(&mut c[2], "destroyed").await;
-    let info = ok(&mut c[2], "group_info", json!({"group_ids": ["g"]})).await;
+    let info = c[2].ok("group_info", json!({"group_ids": ["g"]})).await;
     assert_eq!(info["groups"], json!([]));
     assert_eq!(
-        refused(&mut c[2], "group_leave", json!({"group_id": "g"})).await,
+        c[2].refused("group_leave", json!({"group_id": "g"})).await,
         "group_not_found"
     );
 }
@@ -732,12 +642,12 @@ async fn ownership_moves_and_destroying_tells_everyone() {
 async fn attributes_are_limited_and_guarded_and_counters_add_up() {
     let (_server, mut c) = setup(&["owner", "member"]).await;
     create(&mut c[0], "g", &["member"], json!({})).await;
-    let set = ok(
-        &mut c[0],
-        "group_set_attributes",
-        json!({"group_id": "g", "set": {"topic": "rust"}}),
-    )
-    .await;
+    let set = c[0]
+        .ok(
+            "group_set_attributes",
+            json!({"group_id": "g", "set": {"topic": "rust"}}),
+        )
+        .await;
     assert_eq!(set["attributes"], json!({"topic": "rust"}));
     let version = set["version"].clone();
     assert_eq!(
@@ -745,8 +655,7 @@ async fn attributes_are_limited_and_guarded_and_counters_add_up() {
         "rust"
     );
     assert_eq!(
-        refused(
-            &mut c[1],
+        c[1].refused(
             "group_set_attributes",
             json!({"group_id": "g", "set": {"x": 1}})
         )
@@ -755,19 +664,18 @@ async fn attributes_are_limited_and_guarded_and_counters_add_up() {
     );
     let stale = json!({"group_id": "g", "set": {"topic": "go"}, "expected_version": 0});
     assert_eq!(
-        refused(&mut c[0], "group_set_attributes", stale).await,
+        c[0].refused("group_set_attributes", stale).await,
         "conflict"
     );
     let fresh = json!({"group_id": "g", "set": {"topic": "go"}, "expected_version": version});
-    ok(&mut c[0], "group_set_attributes", fresh).await;
+    c[0].ok("group_set_attributes", fresh).await;
 
     let mut many = serde_json::Map::new();
     for i in 0..16 {
         many.insert(format!("k{i}"), json!(i));
     }
     assert_eq!(
-        refused(
-            &mut c[0],
+        c[0].refused(
             "group_set_attributes",
             json!({"group_id": "g", "set": many})
         )
@@ -776,8 +684,7 @@ async fn attributes_are_limited_and_guarded_and_counters_add_up() {
         "17 keys with the existing one"
     );
     assert_eq!(
-        refused(
-            &mut c[0],
+        c[0].refused(
             "group_set_attributes",
             json!({"group_id": "g", "set": {"k".repeat(33): 1}})
         )
@@ -785,8 +692,7 @@ async fn attributes_are_limited_and_guarded_and_counters_add_up() {
         "too_large"
     );
     assert_eq!(
-        refused(
-            &mut c[0],
+        c[0].refused(
             "group_set_attributes",
             json!({"group_id": "g", "set": {"big": "v".repeat(5000)}})
         )
@@ -798,27 +704,22 @@ async fn attributes_are_limited_and_guarded_and_counters_add_up() {
         big.insert(format!("b{i}"), json!("v".repeat(4000)));
     }
     assert_eq!(
-        refused(
-            &mut c[0],
-            "group_set_attributes",
-            json!({"group_id": "g", "set": big})
-        )
-        .await,
+        c[0].refused("group_set_attributes", json!({"group_id": "g", "set": big}))
+            .await,
         "too_large",
         "over 16 KiB in total"
     );
-    let read = ok(&mut c[1], "group_attributes", json!({"group_id": "g"})).await;
+    let read = c[1].ok("group_attributes", json!({"group_id": "g"})).await;
     assert_eq!(read["attributes"], json!({"topic": "go"}));
 
     for delta in [5, -2, 10] {
-        ok(
-            &mut c[1],
+        c[1].ok(
             "group_add_counter",
             json!({"group_id": "g", "key": "likes", "delta": delta}),
         )
         .await;
     }
-    let counters = ok(&mut c[0], "group_counters", json!({"group_id": "g"})).await;
+    let counters = c[0].ok("group_counters", json!({"group_id": "g"})).await;
     assert_eq!(counters["counters"]["likes"], 13);
 }
 
@@ -879,8 +780,7 @@ async fn the_app_backend_manages_groups_over_rest() {
 async fn a_deleted_user_leaves_every_group_and_an_owner_hands_groups_on() {
     let (server, mut c) = setup(&["boss", "deputy", "member", "loner"]).await;
     create(&mut c[0], "led", &["deputy", "member"], json!({})).await;
-    ok(
-        &mut c[0],
+    c[0].ok(
         "group_set_role",
         json!({"group_id": "led", "user_ids": ["deputy"], "role": "admin"}),
     )
@@ -897,12 +797,12 @@ async fn a_deleted_user_leaves_every_group_and_an_owner_hands_groups_on() {
     );
     assert_eq!(change(&mut c[2], "member_left").await["user_id"], "boss");
 
-    let led = ok(&mut c[2], "group_members", json!({"group_id": "led"})).await;
+    let led = c[2].ok("group_members", json!({"group_id": "led"})).await;
     assert_eq!(member_ids(&led), ["deputy", "member"]);
     assert_eq!(led["members"][0]["role"], "owner");
-    let other = ok(&mut c[1], "group_members", json!({"group_id": "other"})).await;
+    let other = c[1].ok("group_members", json!({"group_id": "other"})).await;
     assert_eq!(member_ids(&other), ["deputy"]);
-    let alone = ok(&mut c[3], "group_info", json!({"group_ids": ["alone"]})).await;
+    let alone = c[3].ok("group_info", json!({"group_ids": ["alone"]})).await;
     assert_eq!(
         alone["groups"],
         json!([]),

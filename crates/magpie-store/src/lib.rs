@@ -140,6 +140,29 @@ pub struct SyncPage {
     pub has_more: bool,
 }
 
+impl SyncPage {
+    /// A page from up to `limit + 1` rows, each with the cursor value it was found by,
+    /// ascending: the extra row only says more are waiting. The next cursor is the last row's
+    /// when more are waiting, else `current` (everything up to it has been seen).
+    pub(crate) fn from_rows(
+        mut rows: Vec<(ConversationState, u64)>,
+        limit: u32,
+        current: u64,
+    ) -> Self {
+        let has_more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let version = match rows.last() {
+            Some((_, cursor)) if has_more => *cursor,
+            _ => current,
+        };
+        Self {
+            conversations: rows.into_iter().map(|(state, _)| state).collect(),
+            version,
+            has_more,
+        }
+    }
+}
+
 /// The outcome of [`Store::mark_read`].
 #[derive(Clone, PartialEq, Debug)]
 pub struct ReadOutcome {

@@ -59,11 +59,17 @@ impl TestServer {
     /// Starts a server whose per-connection rate limits never get in the way of a test or a
     /// smoke run that sends as fast as it can.
     pub async fn start_without_rate_limits() -> Self {
+        Self::start_without_rate_limits_and(|_| {}).await
+    }
+
+    /// [`start_without_rate_limits`](Self::start_without_rate_limits), then `tweak`.
+    pub async fn start_without_rate_limits_and(tweak: impl FnOnce(&mut Config)) -> Self {
         Self::start_with(|config| {
             config.limits.send_rate_per_sec = 1e9;
             config.limits.send_burst = 1_000_000_000;
             config.limits.request_rate_per_sec = 1e9;
             config.limits.request_burst = 1_000_000_000;
+            tweak(config);
         })
         .await
     }
@@ -245,6 +251,16 @@ impl TestServer {
         let answer = client.login(user, token, device, platform).await;
         assert_eq!(answer["type"], "response", "login failed: {answer}");
         client
+    }
+
+    /// Creates each user and logs in one phone of theirs, in order.
+    pub async fn log_in_all(&self, users: &[&str]) -> Vec<RawClient> {
+        let mut clients = Vec::with_capacity(users.len());
+        for user in users {
+            let token = self.user_with_token(user).await;
+            clients.push(self.raw_login(user, &token, "phone", "ios").await);
+        }
+        clients
     }
 
     /// Prometheus text of `/metrics`.

@@ -111,6 +111,21 @@ impl RawClient {
         self.answer(id).await
     }
 
+    /// Sends a request and returns its answer's data; panics if it was refused.
+    pub async fn ok(&mut self, op: &str, data: Value) -> Value {
+        let answer = self.request(op, data).await;
+        assert_eq!(answer["type"], "response", "{op}: {answer}");
+        answer["data"].clone()
+    }
+
+    /// Sends a request that must be refused; returns the error's name (`"not_group_member"`).
+    pub async fn refused(&mut self, op: &str, data: Value) -> &'static str {
+        let answer = self.request(op, data).await;
+        assert_eq!(answer["type"], "error", "{op} should fail: {answer}");
+        let code = answer["error"]["code"].as_u64().unwrap_or_default();
+        magpie_proto::ErrorCode::from_u16(u16::try_from(code).unwrap_or_default()).name()
+    }
+
     /// Waits for the answer to request `id`, skipping events.
     pub async fn answer(&mut self, id: u64) -> Value {
         loop {

@@ -164,24 +164,16 @@ pub(super) async fn changed_conversations(
         });
     };
     let current = first.try_get::<_, i64>(0)? as u64;
-    let mut conversations = Vec::with_capacity(rows.len());
+    let mut found = Vec::with_capacity(rows.len());
     for row in &rows {
         if row.try_get::<_, Option<String>>(1)?.is_some() {
-            conversations.push(rows::conversation_state(row, 1)?);
+            let state = rows::conversation_state(row, 1)?;
+            let version = state.version;
+            found.push((state, version));
         }
     }
-    conversations.sort_by_key(|c| c.version);
-    let has_more = conversations.len() > limit as usize;
-    conversations.truncate(limit as usize);
-    let version = match conversations.last() {
-        Some(last) if has_more => last.version,
-        _ => current,
-    };
-    Ok(SyncPage {
-        conversations,
-        version,
-        has_more,
-    })
+    found.sort_by_key(|(_, version)| *version);
+    Ok(SyncPage::from_rows(found, limit, current))
 }
 
 pub(super) async fn changed_group_conversations(
@@ -222,17 +214,7 @@ pub(super) async fn changed_group_conversations(
         }
     }
     stamped.sort_by_key(|(_, stamp)| *stamp);
-    let has_more = stamped.len() > limit as usize;
-    stamped.truncate(limit as usize);
-    let version = match stamped.last() {
-        Some((_, stamp)) if has_more => *stamp,
-        _ => clock,
-    };
-    Ok(SyncPage {
-        conversations: stamped.into_iter().map(|(state, _)| state).collect(),
-        version,
-        has_more,
-    })
+    Ok(SyncPage::from_rows(stamped, limit, clock))
 }
 
 /// One user's state of one conversation, with its last message; for a group conversation

@@ -203,24 +203,20 @@ pub(super) fn changed_conversations(
         "SELECT {STATE_COLUMNS}, {MESSAGE_COLUMNS} FROM {STATE_FROM} \
          WHERE uc.user_id = ?1 AND uc.version > ?2 ORDER BY uc.version LIMIT ?3"
     );
-    let mut conversations = tx
+    let rows = tx
         .prepare_cached(&sql)?
         .query_map(
             (user.as_str(), since as i64, i64::from(limit) + 1),
             rows::conversation_state,
         )?
-        .collect::<Result<Vec<ConversationState>, _>>()?;
-    let has_more = conversations.len() > limit as usize;
-    conversations.truncate(limit as usize);
-    let version = match conversations.last() {
-        Some(last) if has_more => last.version,
-        _ => current,
-    };
-    Ok(SyncPage {
-        conversations,
-        version,
-        has_more,
-    })
+        .map(|state| {
+            state.map(|s| {
+                let version = s.version;
+                (s, version)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SyncPage::from_rows(rows, limit, current))
 }
 
 pub(super) fn changed_group_conversations(
@@ -243,7 +239,7 @@ pub(super) fn changed_group_conversations(
         "{} WHERE gm.user_id = ?1 AND c.activity > ?2 ORDER BY c.activity LIMIT ?3",
         rows::GROUP_STATE_SELECT
     );
-    let mut stamped = tx
+    let stamped = tx
         .prepare_cached(&sql)?
         .query_map((user.as_str(), since as i64, i64::from(limit) + 1), |row| {
             Ok((
@@ -252,17 +248,7 @@ pub(super) fn changed_group_conversations(
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let has_more = stamped.len() > limit as usize;
-    stamped.truncate(limit as usize);
-    let version = match stamped.last() {
-        Some((_, stamp)) if has_more => *stamp,
-        _ => clock,
-    };
-    Ok(SyncPage {
-        conversations: stamped.into_iter().map(|(state, _)| state).collect(),
-        version,
-        has_more,
-    })
+    Ok(SyncPage::from_rows(stamped, limit, clock))
 }
 
 pub(super) fn conversation_state(

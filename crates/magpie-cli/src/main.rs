@@ -31,9 +31,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage users and tokens through the REST API (needs the app secret).
     Admin(admin::AdminArgs),
-    /// Send one text message and print the stored message.
+    /// Send one text message to a user, or to a group with `--group`, and print the stored
+    /// message.
     Send(chat::SendArgs),
-    /// Log in, sync, and print every received message and group event as it arrives.
+    /// Log in, sync, and print every received message (one-to-one and group), group event and
+    /// group read count as it arrives.
     Listen(chat::ListenArgs),
     /// Manage groups as a user: create, info, join, invite, kick, leave, members, mute.
     Group(group::GroupArgs),

@@ -134,10 +134,26 @@ async fn group_commands_print_json_lines_and_listen_prints_group_events() {
     assert_eq!(who, [("alice", "owner"), ("bob", "member")]);
     assert!(members.iter().all(|m| m["group_id"] == "team"));
 
-    // bob listens while carol joins and leaves: two group events as JSON lines
+    // bob listens while carol joins and leaves: two group events, and the two notices the
+    // server writes into the group's timeline, as JSON lines (after the "created" notice the
+    // first sync of this new device of his brings)
     wait_sessions(&server, 0.0).await;
+    let listener_data = tempfile::tempdir().unwrap();
     let listener = cli
-        .command("bob", &bob, &["listen", "--count", "2", "--timeout", "30"])
+        .command(
+            "bob",
+            &bob,
+            &[
+                "listen",
+                "--count",
+                "5",
+                "--timeout",
+                "30",
+                "--device",
+                "bob-2",
+            ],
+        )
+        .env("MAGPIE_CLI_DATA", listener_data.path())
         .spawn()
         .unwrap();
     wait_sessions(&server, 1.0).await;
@@ -152,13 +168,33 @@ async fn group_commands_print_json_lines_and_listen_prints_group_events() {
     assert_eq!(left[0]["group_id"], "team");
     assert_eq!(left[0]["left"], true);
 
-    let heard = parse(&wait_child(listener).await, &["listen"]);
-    assert_eq!(heard.len(), 2, "{heard:?}");
-    assert!(
-        heard
-            .iter()
-            .all(|e| e["event"] == "group" && e["group_id"] == "team")
+    let all = parse(&wait_child(listener).await, &["listen"]);
+    assert_eq!(all.len(), 5, "{all:?}");
+    let (heard, notices): (Vec<Value>, Vec<Value>) =
+        all.into_iter().partition(|line| line["event"] == "group");
+    let notices: Vec<(u64, &str, &Value)> = notices
+        .iter()
+        .map(|n| {
+            assert_eq!(n["conversation_id"], "grp:team", "{n}");
+            assert_eq!((&n["to"], &n["to_kind"]), (&"team".into(), &"group".into()));
+            assert_eq!(n["type"], "group_notice", "{n}");
+            (
+                n["seq"].as_u64().unwrap(),
+                n["body"]["kind"].as_str().unwrap(),
+                &n["body"]["user_ids"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        notices,
+        [
+            (1, "created", &Value::Null),
+            (2, "member_joined", &serde_json::json!(["carol"])),
+            (3, "member_left", &serde_json::json!(["carol"])),
+        ]
     );
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert!(heard.iter().all(|e| e["group_id"] == "team"));
     assert_eq!(heard[0]["change"], "members_joined");
     assert_eq!(heard[0]["actor"], "carol");
     assert_eq!(heard[0]["members"][0]["user_id"], "carol");
@@ -221,4 +257,133 @@ async fn group_commands_print_json_lines_and_listen_prints_group_events() {
     let error: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
     assert_eq!(error["error"]["name"], "forbidden", "{stderr}");
     assert_eq!(error["error"]["code"], 2004);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_a_group_and_listen_prints_its_messages_and_read_counts() {
+    let server = TestServer::start_without_rate_limits().await;
+    let alice = server.user_with_token("alice").await;
+    let bob = server.user_with_token("bob").await;
+    let cli = Cli {
+        server: server.ws_url(),
+        data: tempfile::tempdir().unwrap(),
+    };
+    cli.lines(
+        "alice",
+        &alice,
+        &["group", "create", "Crew", "--id", "crew", "--member", "bob"],
+    )
+    .await;
+
+    // bob listens: the "created" notice from his first sync, then alice's message.
+    wait_sessions(&server, 0.0).await;
+    let listener = cli
+        .command("bob", &bob, &["listen", "--count", "2", "--timeout", "30"])
+        .spawn()
+        .unwrap();
+    wait_sessions(&server, 1.0).await;
+    let sent = cli
+        .lines(
+            "alice",
+            &alice,
+            &[
+                "send",
+                "--group",
+                "crew",
+                "hello crew",
+                "--mention",
+                "bob",
+                "--mention-all",
+            ],
+        )
+        .await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let sent = &sent[0];
+    assert_eq!(sent["conversation_id"], "grp:crew");
+    assert_eq!(sent["seq"], 2);
+    assert_eq!(
+        (&sent["to"], &sent["to_kind"]),
+        (&"crew".into(), &"group".into())
+    );
+    assert_eq!(sent["from"], "alice");
+    assert_eq!(sent["body"]["text"], "hello crew");
+    assert_eq!(
+        sent["mentions"],
+        serde_json::json!({"user_ids": ["bob"], "all": true})
+    );
+
+    let heard = parse(&wait_child(listener).await, &["listen"]);
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert_eq!(heard[0]["type"], "group_notice");
+    assert_eq!(heard[0]["seq"], 1);
+    assert_eq!(heard[1], *sent, "bob sees the message as stored");
+
+    // alice listens on another device while bob reads: the read count of her message.
+    wait_sessions(&server, 0.0).await;
+    let reader_data = tempfile::tempdir().unwrap();
+    let listener = cli
+        .command(
+            "alice",
+            &alice,
+            &[
+                "listen",
+                "--count",
+                "3",
+                "--timeout",
+                "30",
+                "--device",
+                "alice-2",
+            ],
+        )
+        .env("MAGPIE_CLI_DATA", reader_data.path())
+        .spawn()
+        .unwrap();
+    wait_sessions(&server, 1.0).await;
+    let mut raw = server.raw_login("bob", &bob, "bob-raw", "web").await;
+    let read = raw
+        .request(
+            "mark_read",
+            serde_json::json!({"conversation_id": "grp:crew", "seq": 2}),
+        )
+        .await;
+    assert_eq!(read["data"]["read_seq"], 2, "{read}");
+    let heard = parse(&wait_child(listener).await, &["listen"]);
+    assert_eq!(heard.len(), 3, "{heard:?}");
+    let read_events: Vec<&Value> = heard
+        .iter()
+        .filter(|l| l["event"] == "group_read")
+        .collect();
+    assert_eq!(
+        read_events,
+        [&serde_json::json!({
+            "event": "group_read",
+            "conversation_id": "grp:crew",
+            "reader": "bob",
+            "read_seq": 2,
+            "messages": [{"seq": 2, "read_count": 1, "unread_count": 0}],
+        })]
+    );
+    // The rest is the new device's first sync: the group's two messages.
+    let seqs: Vec<u64> = heard
+        .iter()
+        .filter(|l| l["conversation_id"] == "grp:crew" && l.get("event").is_none())
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+
+    // --mention needs --group; a refused group send reports the server's error.
+    let refused = cli
+        .run("alice", &alice, &["send", "bob", "hi", "--mention", "bob"])
+        .await;
+    assert!(!refused.status.success());
+    let outsider = server.user_with_token("eve").await;
+    let refused = cli
+        .run("eve", &outsider, &["send", "--group", "crew", "let me in"])
+        .await;
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let error: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(error["error"]["name"], "not_group_member", "{stderr}");
+    assert_eq!(error["error"]["code"], 2005);
 }

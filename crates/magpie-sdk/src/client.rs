@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 
 use magpie_proto::frame::{LoginResponse, MessagesPage};
 use magpie_proto::message::DeviceInfo;
-use magpie_proto::{ConversationId, DeviceId, Message, MessageContent, UserId};
+use magpie_proto::{
+    ConversationId, DeviceId, GroupId, Mentions, Message, MessageContent, Peer, UserId,
+};
 
 use crate::config::ClientConfig;
 use crate::error::{Error, ErrorKind, Result};
@@ -275,7 +277,48 @@ impl ChatManager {
         content: MessageContent,
         ext: Option<Map<String, Value>>,
     ) -> Result<Message> {
-        self.client.session()?.send(to, content, ext).await
+        self.send_to(Peer::User(to), content, ext, None).await
+    }
+
+    /// Sends a message to a group (conversation `grp:<id>`) and returns it as the server
+    /// stored it, with the group's next seq. Queued, retried and reported exactly like
+    /// [`send`](Self::send); every member's devices receive it, this user's other devices
+    /// included.
+    ///
+    /// `mentions` names members (at most 30, [`MAX_MENTIONS`](crate::proto::message::MAX_MENTIONS))
+    /// or everyone (`all: true`): their conversation shows
+    /// [`Conversation::mentioned`] until they read past the message. Users who are not
+    /// members are dropped by the server.
+    ///
+    /// The server refuses non-members (`not_group_member`), muted members (`muted`, also while
+    /// the whole group is muted, except owners, admins and the allow list) and unknown groups
+    /// (`group_not_found`): the message is marked `failed` and the error returned, see
+    /// [`Error::code`](crate::Error::code).
+    pub async fn send_group(
+        &self,
+        group_id: GroupId,
+        content: MessageContent,
+        mentions: Option<Mentions>,
+        ext: Option<Map<String, Value>>,
+    ) -> Result<Message> {
+        self.send_to(Peer::Group(group_id), content, ext, mentions)
+            .await
+    }
+
+    /// Sends a message to a user or a group: [`send`](Self::send) and
+    /// [`send_group`](Self::send_group) in one, for code that holds a [`Peer`] (such as
+    /// [`Conversation::target`]). `mentions` are for groups only.
+    pub async fn send_to(
+        &self,
+        to: Peer,
+        content: MessageContent,
+        ext: Option<Map<String, Value>>,
+        mentions: Option<Mentions>,
+    ) -> Result<Message> {
+        self.client
+            .session()?
+            .send(to, content, ext, mentions)
+            .await
     }
 
     /// Sends a failed message again with its original `client_msg_id`. For a message that is

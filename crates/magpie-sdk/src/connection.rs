@@ -65,7 +65,8 @@ struct Timing {
 }
 
 enum Outgoing {
-    Frame(ClientFrame),
+    // Boxed: a send request is far larger than the other commands.
+    Frame(Box<ClientFrame>),
     Timing(Timing),
     Close(String),
 }
@@ -206,7 +207,7 @@ impl Connection {
         if self
             .shared
             .out
-            .send(Outgoing::Frame(ClientFrame { id, request }))
+            .send(Outgoing::Frame(Box::new(ClientFrame { id, request })))
             .is_err()
         {
             self.shared.pending().remove(&id);

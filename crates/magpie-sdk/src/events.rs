@@ -80,6 +80,11 @@ pub enum ClientEvent {
     /// so [`GroupManager::cached_groups`](crate::GroupManager::cached_groups) and
     /// [`cached_members`](crate::GroupManager::cached_members) already show it.
     GroupChanged(Box<magpie_proto::group::GroupEvent>),
+    /// Members read some of this user's group messages: the server's `group_read` event as
+    /// is, with the new read counts of the messages concerned (sent in groups small enough
+    /// for read receipts). Not cached; ask [`GroupManager::read_receipts`](crate::GroupManager::read_receipts)
+    /// for the current counts of a message.
+    GroupRead(magpie_proto::group::GroupReadEvent),
 }
 
 /// The state of the connection to the server.

@@ -9,16 +9,16 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use magpie_proto::UserId;
 use magpie_proto::group::{
     AddCounterRequest, ApplicationsPage, ApplicationsRequest, BlocksPage, BlocksRequest,
     CreateGroupRequest, GroupApplication, GroupAttributes, GroupChange, GroupCounters, GroupEvent,
     GroupId, GroupIds, GroupInfo, GroupMember, GroupPage, GroupPageRequest, GroupRef, GroupRole,
     HandleApplicationRequest, InviteRequest, InviteResponse, JoinGroupRequest, JoinGroupResponse,
     KickRequest, ListChangeRequest, MembersInfoRequest, MembersPage, MembersRequest,
-    MuteAllRequest, MuteRequest, SetAttributesRequest, SetMemberRequest, SetRoleRequest,
-    TransferRequest, UpdateGroupRequest,
+    MuteAllRequest, MuteRequest, ReadReceipts, ReadReceiptsRequest, SetAttributesRequest,
+    SetMemberRequest, SetReceiveRequest, SetRoleRequest, TransferRequest, UpdateGroupRequest,
 };
+use magpie_proto::{ConversationKind, UserId};
 
 use crate::client::Client;
 use crate::connection::{Connection, call};
@@ -427,6 +427,41 @@ impl GroupManager {
     pub async fn blocks(&self, request: BlocksRequest) -> Result<BlocksPage> {
         let (_, conn) = self.connected()?;
         call!(conn, GroupBlocks(request) => GroupBlocks)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Messages
+    // -----------------------------------------------------------------------------------------
+
+    /// `group_set_receive` (members): `false` blocks the group's messages for this user — they
+    /// stay a member, but no message of the group is pushed to their devices any more; the
+    /// conversation still shows them as unread after the next sync, so the app can show the
+    /// group as muted with a count. `true` receives them again. (Messages are sent with
+    /// [`ChatManager::send_group`](crate::ChatManager::send_group).)
+    pub async fn set_receive(&self, group_id: &GroupId, receive: bool) -> Result<()> {
+        let (session, conn) = self.connected()?;
+        let request = SetReceiveRequest {
+            group_id: group_id.clone(),
+            receive,
+        };
+        call!(conn, GroupSetReceive(request) => GroupSetReceive)?;
+        let (id, me) = (group_id.clone(), session.user_id().clone());
+        cache(&session, move |db| db.set_member_receive(&id, &me, receive)).await;
+        Ok(())
+    }
+
+    /// `group_read_receipts` (members): how many members have read the group message
+    /// `request.seq` of `request.conversation_id` (a `grp:` conversation), and in groups of up
+    /// to 500 members a page of who has (`read: true`) or has not; page on with
+    /// `after = next_after`. The sender never counts.
+    pub async fn read_receipts(&self, request: ReadReceiptsRequest) -> Result<ReadReceipts> {
+        if request.conversation_id.kind() != ConversationKind::Group {
+            return Err(Error::invalid_input(
+                "read receipts are kept for group conversations only",
+            ));
+        }
+        let (_, conn) = self.connected()?;
+        call!(conn, GroupReadReceipts(request) => GroupReadReceipts)
     }
 
     // -----------------------------------------------------------------------------------------

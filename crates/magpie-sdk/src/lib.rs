@@ -3,9 +3,11 @@
 //!
 //! What the SDK guarantees to the app (see `docs/PROTOCOL.md` §7):
 //!
-//! - **Exactly once, in order.** Every stored message of a conversation is emitted once, as
+//! - **Exactly once, in order.** Every stored message of a conversation — one-to-one or group,
+//!   server-written group notices included — is emitted once, as
 //!   [`ClientEvent::MessageReceived`], in seq order — across reconnects and app restarts. Gaps
-//!   are filled from the server before anything after them is emitted.
+//!   are filled from the server before anything after them is emitted. In a group, a member's
+//!   history starts where they joined; nothing before it is shown or counted as unread.
 //! - **Nothing sent is lost.** [`ChatManager::send`] writes the message to a persistent outbox
 //!   first; if the connection is down it goes out, with the same `client_msg_id`, after the next
 //!   login and sync.
@@ -18,7 +20,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> magpie_sdk::Result<()> {
-//! use magpie_sdk::{Client, ClientConfig, ClientEvent, MessageContent, UserId};
+//! use magpie_sdk::{Client, ClientConfig, ClientEvent, GroupId, Mentions, MessageContent, UserId};
 //!
 //! let config = ClientConfig::builder("ws://127.0.0.1:8080", "/tmp/magpie-alice").build()?;
 //! // A cluster: ClientConfig::builder_with_urls(["wss://chat-1.example", "wss://chat-2.example"], dir)
@@ -28,6 +30,10 @@
 //!
 //! let bob = UserId::new("bob")?;
 //! client.chat().send(bob, MessageContent::text("hello"), None).await?;
+//! // A group message that mentions bob (his conversation shows `mentioned` until he reads it).
+//! let mentions = Mentions { user_ids: vec![UserId::new("bob")?], all: false };
+//! let team = GroupId::new("team")?;
+//! client.chat().send_group(team, MessageContent::text("@bob hi"), Some(mentions), None).await?;
 //! while let Some(event) = events.recv().await {
 //!     if let ClientEvent::MessageReceived(message) = event {
 //!         println!("{}: {:?}", message.from, message.content);
@@ -44,13 +50,16 @@
 //! - [`events`]: [`ClientEvent`], the per-subscriber event fan-out.
 //! - [`model`]: what the local cache returns: [`Conversation`], [`LocalMessage`], pages.
 //! - `client`: the public [`Client`] and [`ChatManager`] handles.
-//! - `groups`: the [`GroupManager`] handle (every `group_*` op) and keeping the group cache in
-//!   step: from answers, from `group` events, and by re-reading the joined groups after login.
+//! - `groups`: the [`GroupManager`] handle (every `group_*` op, group read receipts and
+//!   blocking a group's messages) and keeping the group cache in step: from answers, from
+//!   `group` events, and by re-reading the joined groups after login. Group *messages* go
+//!   through [`ChatManager`] like any other.
 //! - `session`: one logged-in user's runtime: the connect / login / sync / reconnect loop and
 //!   the delivery pipeline from the wire to the store to the app.
 //! - `connection`: one WebSocket: framing, request/response correlation, heartbeat.
 //! - `sequencer`: the pure per-conversation cursor / gap state machine.
-//! - `sync`: the catch-up after each login.
+//! - `sync`: the catch-up after each login, over both sync cursors (the user's own changes
+//!   and the group activity clock).
 //! - `outbox`: pending sends: waiters and the in-order flusher.
 //! - `store`: the SQLite cache (messages, conversations, outbox, groups and members).
 //! - `rotation`: which server URL the next attempt dials, and when (one backoff delay per
@@ -85,10 +94,11 @@ pub use model::{
 pub use magpie_proto as proto;
 pub use magpie_proto::frame::{Direction, KickReason, LoginResponse, MessagesPage};
 pub use magpie_proto::group::{
-    GroupChange, GroupEvent, GroupId, GroupInfo, GroupMember, GroupOptions, GroupRole, JoinPolicy,
+    GroupChange, GroupEvent, GroupId, GroupInfo, GroupMember, GroupOptions, GroupReadEvent,
+    GroupRole, JoinPolicy, MessageReadCount, ReadReceipts, ReadReceiptsRequest,
 };
-pub use magpie_proto::message::DeviceInfo;
+pub use magpie_proto::message::{DeviceInfo, GroupNoticeBody, GroupNoticeKind};
 pub use magpie_proto::{
-    Codec, ConversationId, ConversationKind, DeviceId, ErrorBody, ErrorCode, Message,
+    Codec, ConversationId, ConversationKind, DeviceId, ErrorBody, ErrorCode, Mentions, Message,
     MessageContent, MessageId, Millis, Peer, Platform, UserId,
 };

@@ -8,7 +8,8 @@ use serde_json::{Map, Value};
 
 use magpie_proto::frame::Direction;
 use magpie_proto::{
-    ConversationId, ConversationKind, Message, MessageContent, MessageId, Millis, Peer, UserId,
+    ConversationId, ConversationKind, GroupId, Mentions, Message, MessageContent, MessageId,
+    Millis, Peer, UserId,
 };
 
 /// Where a message stands from this device's point of view.
@@ -75,6 +76,8 @@ pub struct LocalMessage {
     pub status: MessageStatus,
     /// Why the server rejected it, for [`MessageStatus::Failed`].
     pub error: Option<magpie_proto::ErrorBody>,
+    /// Who a group message mentions.
+    pub mentions: Option<Mentions>,
 }
 
 impl LocalMessage {
@@ -89,6 +92,7 @@ impl LocalMessage {
             client_msg_id: self.client_msg_id.clone(),
             content: self.content.clone(),
             ext: self.ext.clone(),
+            mentions: self.mentions.clone(),
             server_time: self.server_time?,
         })
     }
@@ -110,19 +114,40 @@ pub struct Conversation {
     pub conversation_id: ConversationId,
     /// Its kind.
     pub kind: ConversationKind,
-    /// For one-to-one conversations: the other participant.
+    /// For one-to-one conversations: the other participant. `None` for groups (see
+    /// [`group_id`](Self::group_id)).
     pub peer: Option<UserId>,
     /// Seq of the newest message known (from sync or delivery).
     pub last_seq: u64,
     /// Seq up to which this user has read.
     pub read_seq: u64,
-    /// Messages not read yet (`last_seq − read_seq`).
+    /// Messages not read yet (`last_seq − read_seq`). In a group, what was sent before this
+    /// user joined never counts.
     pub unread_count: u64,
+    /// An unread message mentions this user (by id, or everyone with "@all"); cleared by
+    /// reading past it ([`ChatManager::mark_read`](crate::ChatManager::mark_read)).
+    pub mentioned: bool,
     /// The newest stored message, if known.
     pub last_message: Option<Message>,
     /// When something last happened in it (newest message or local send), ms since the epoch;
     /// conversation lists are sorted by it, newest first.
     pub last_activity: Millis,
+}
+
+impl Conversation {
+    /// For a group conversation: the group.
+    pub fn group_id(&self) -> Option<GroupId> {
+        self.conversation_id.group_id()
+    }
+
+    /// Who a message to this conversation goes to: the peer, or the group.
+    pub fn target(&self) -> Option<Peer> {
+        match (&self.peer, self.group_id()) {
+            (Some(peer), _) => Some(Peer::User(peer.clone())),
+            (None, Some(group)) => Some(Peer::Group(group)),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Where a history page starts.

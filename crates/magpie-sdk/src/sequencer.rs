@@ -172,6 +172,11 @@ impl Sequencer {
         (lane.cursor, new)
     }
 
+    /// The cursor of a conversation: the highest seq held with no gap below (0 if unknown).
+    pub(crate) fn held(&self, conversation: &ConversationId) -> u64 {
+        self.lanes.get(conversation).map_or(0, |l| l.cursor)
+    }
+
     /// Whether a conversation has messages to fetch and no fetch in flight.
     #[cfg(test)]
     fn needs_fetch(&self, conversation: &ConversationId) -> bool {
@@ -274,6 +279,7 @@ mod tests {
             client_msg_id: format!("m{seq}"),
             content: MessageContent::text(format!("#{seq}")),
             ext: None,
+            mentions: None,
             server_time: seq as i64,
         }
     }

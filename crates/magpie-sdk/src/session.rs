@@ -24,8 +24,10 @@ use magpie_proto::frame::{
     DeviceList, Direction, GetMessagesRequest, KickReason, LoginRequest, LoginResponse,
     MarkReadRequest, MessagesPage, SendRequest, close,
 };
+use magpie_proto::message::MAX_MENTIONS;
 use magpie_proto::{
-    ConversationId, DeviceId, ErrorCode, Event, Message, MessageContent, Peer, UserId,
+    ConversationId, ConversationKind, DeviceId, ErrorCode, Event, Mentions, Message,
+    MessageContent, Peer, UserId,
 };
 
 use crate::config::ClientConfig;
@@ -597,6 +599,7 @@ impl Session {
                 });
             }
             Event::Group(event) => crate::groups::on_event(self, conn, event).await,
+            Event::GroupRead(event) => self.emit(ClientEvent::GroupRead(event)),
             Event::SyncRequired(_) => {
                 // Pushes may have been lost on the server's side; catch up as after a login.
                 // A sync racing another one only repeats work: versions and seqs are idempotent.
@@ -644,11 +647,11 @@ impl Session {
                                     batch.cursor = cursor;
                                     batch.messages.extend(deliver);
                                 }
-                                None => batches.push(DeliveryBatch {
-                                    conversation_id: conversation_id.clone(),
-                                    messages: deliver,
+                                None => batches.push(DeliveryBatch::new(
+                                    conversation_id.clone(),
+                                    deliver,
                                     cursor,
-                                }),
+                                )),
                             }
                         }
                         if start_fetch && !gaps.contains(&conversation_id) {
@@ -760,14 +763,27 @@ impl Session {
                     self.sequencer()
                         .finish_fetch(conversation_id, page.messages)
                 };
+                // In a group, the server shows a member nothing before their join point: a gap
+                // there is expected, and what it covers is not unread.
+                let group = conversation_id.kind() == ConversationKind::Group;
+                let mut read_floor = 0;
                 if let Some((first, last)) = fetched.skipped {
-                    tracing::warn!(%conversation_id, first, last, "the server has no messages for a gap; skipping it");
+                    if group {
+                        tracing::debug!(%conversation_id, first, last, "not visible to this member; skipping it");
+                        read_floor = last;
+                    } else {
+                        tracing::warn!(%conversation_id, first, last, "the server has no messages for a gap; skipping it");
+                    }
                 }
-                if let Some(cursor) = fetched.deliver.last().map(|m| m.seq) {
+                let cursor = match (fetched.deliver.last(), fetched.skipped) {
+                    (Some(last), _) => Some(last.seq),
+                    (None, Some((first, _))) if read_floor > 0 => Some(first - 1),
+                    (None, _) => None,
+                };
+                if let Some(cursor) = cursor {
                     self.commit(vec![DeliveryBatch {
-                        conversation_id: conversation_id.clone(),
-                        messages: fetched.deliver,
-                        cursor,
+                        read_floor,
+                        ..DeliveryBatch::new(conversation_id.clone(), fetched.deliver, cursor)
                     }])
                     .await;
                 }
@@ -783,21 +799,44 @@ impl Session {
 
     pub(crate) async fn send(
         self: &Arc<Self>,
-        to: UserId,
+        to: Peer,
         content: MessageContent,
         ext: Option<Map<String, Value>>,
+        mentions: Option<Mentions>,
     ) -> Result<Message> {
         content.validate()?;
-        if to == self.me {
-            return Err(Error::invalid_input("cannot send a message to yourself"));
+        if matches!(content, MessageContent::GroupNotice(_)) {
+            return Err(Error::invalid_input(
+                "group_notice messages are written by the server only",
+            ));
         }
+        let mentions = mentions.filter(|m| !m.is_empty());
+        match &to {
+            Peer::User(user) if *user == self.me => {
+                return Err(Error::invalid_input("cannot send a message to yourself"));
+            }
+            Peer::User(_) if mentions.is_some() => {
+                return Err(Error::invalid_input("mentions are for group messages only"));
+            }
+            _ => {}
+        }
+        if mentions
+            .as_ref()
+            .is_some_and(|m| m.user_ids.len() > MAX_MENTIONS)
+        {
+            return Err(Error::invalid_input(format!(
+                "a message may mention at most {MAX_MENTIONS} users by id"
+            )));
+        }
+        let conversation_id = to.conversation_id(&self.me);
         let request = SendRequest {
-            to: Peer::User(to.clone()),
+            to,
             // Time-ordered ids keep the server's dedupe index appending at each sender's end
             // instead of writing to a random page for every message.
             client_msg_id: uuid::Uuid::now_v7().to_string(),
             content,
             ext,
+            mentions,
         };
         if !request.content.is_stored() {
             // Commands are transient on the server too: never queued, so they need a live
@@ -805,7 +844,6 @@ impl Session {
             let answer = self.connection()?.send(request).await?;
             return Ok(answer.message);
         }
-        let conversation_id = ConversationId::c2c(&self.me, &to);
         let client_msg_id = request.client_msg_id.clone();
         let answer = self.outbox.wait_for(&client_msg_id);
         {
@@ -948,10 +986,9 @@ impl Session {
             .await
         {
             Ok(state) => {
-                let id = conversation_id.clone();
                 let updated = self
                     .store
-                    .call(move |db| db.apply_read(&id, state.read_seq))
+                    .call(move |db| db.apply_read_state(&state))
                     .await?
                     .unwrap_or(local);
                 self.emit(ClientEvent::ConversationUpdated(updated.clone()));
@@ -982,11 +1019,7 @@ impl Session {
             };
             let id = conversation_id.clone();
             let outcome = match conn.mark_read(request).await {
-                Ok(state) => {
-                    self.store
-                        .call(move |db| db.apply_read(&id, state.read_seq))
-                        .await
-                }
+                Ok(state) => self.store.call(move |db| db.apply_read_state(&state)).await,
                 Err(e) if e.code().is_some() => {
                     tracing::debug!(%conversation_id, error = %e, "the server refused a pending read");
                     self.store

@@ -20,7 +20,8 @@ use serde::de::DeserializeOwned;
 
 use magpie_proto::frame::SendRequest;
 use magpie_proto::{
-    ConversationId, ConversationState, ErrorBody, Message, MessageId, Millis, UserId,
+    ConversationId, ConversationState, ErrorBody, Message, MessageContent, MessageId, Millis,
+    UserId,
 };
 
 use crate::error::{Error, Result};
@@ -31,9 +32,19 @@ mod groups;
 pub(crate) use groups::GroupApply;
 
 /// Bumped whenever the schema changes; a database from a newer SDK is refused. Every table is
-/// created `IF NOT EXISTS`, so an older database gains the tables it lacks when opened.
+/// created `IF NOT EXISTS`, so an older database gains the tables it lacks when opened, and the
+/// columns it lacks from [`ADDED_COLUMNS`].
 /// 2: `groups` and `group_members`.
-const SCHEMA_VERSION: i64 = 2;
+/// 3: group messages: `messages.mentions`, `conversations.mention_seq` (and the group sync
+///    cursor, a `meta` row).
+const SCHEMA_VERSION: i64 = 3;
+
+/// Columns added to existing tables after their first version: `(table, column, definition)`.
+/// Added on open to a database that lacks them; the tables in [`SCHEMA`] already have them.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("messages", "mentions", "TEXT"),
+    ("conversations", "mention_seq", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -53,7 +64,9 @@ CREATE TABLE IF NOT EXISTS conversations (
     last_activity    INTEGER NOT NULL DEFAULT 0,
     -- a local mark_read the server has not acknowledged yet
     pending_read_seq INTEGER,
-    version          INTEGER NOT NULL DEFAULT 0
+    version          INTEGER NOT NULL DEFAULT 0,
+    -- the newest message known to mention this user (by id or @all); mentioned while unread
+    mention_seq      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS conversations_by_activity
     ON conversations (last_activity DESC, conversation_id);
@@ -70,7 +83,8 @@ CREATE TABLE IF NOT EXISTS messages (
     server_time     INTEGER,
     local_time      INTEGER NOT NULL,
     status          INTEGER NOT NULL,
-    error           TEXT
+    error           TEXT,
+    mentions        TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq
     ON messages (conversation_id, seq) WHERE seq IS NOT NULL;
@@ -98,10 +112,14 @@ CREATE TABLE IF NOT EXISTS group_members (
 ";
 
 const MESSAGE_COLUMNS: &str = "local_id, conversation_id, message_id, seq, sender, recipient, \
-     client_msg_id, content, ext, server_time, local_time, status, error";
+     client_msg_id, content, ext, server_time, local_time, status, error, mentions";
 
 const CONVERSATION_COLUMNS: &str = "conversation_id, peer, last_seq, read_seq, cursor, \
-     last_message, last_message_seq, last_activity, pending_read_seq, version";
+     last_message, last_message_seq, last_activity, pending_read_seq, version, mention_seq";
+
+/// The `meta` keys of the two sync cursors.
+const SYNC_VERSION_KEY: &str = "sync_version";
+const GROUPS_SYNC_VERSION_KEY: &str = "groups_sync_version";
 
 /// How a delivered message relates to what the cache already held.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -120,6 +138,34 @@ pub(crate) struct DeliveryBatch {
     pub(crate) conversation_id: ConversationId,
     pub(crate) messages: Vec<Message>,
     pub(crate) cursor: u64,
+    /// Seqs up to this one are not visible to this user (below their join point in a group):
+    /// they can never be read, so they are not unread either (0: nothing known).
+    pub(crate) read_floor: u64,
+}
+
+impl DeliveryBatch {
+    pub(crate) fn new(
+        conversation_id: ConversationId,
+        messages: Vec<Message>,
+        cursor: u64,
+    ) -> Self {
+        Self {
+            conversation_id,
+            messages,
+            cursor,
+            read_floor: 0,
+        }
+    }
+}
+
+/// The two `sync` cursors (PROTOCOL.md `sync`): the user's own change counter and the group
+/// activity clock.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) struct SyncCursors {
+    /// Pass as `since`.
+    pub(crate) version: u64,
+    /// Pass as `groups_since`.
+    pub(crate) groups_version: u64,
 }
 
 /// What storing a [`DeliveryBatch`] did.
@@ -163,6 +209,7 @@ struct ConvRow {
     last_activity: Millis,
     pending_read_seq: Option<u64>,
     version: u64,
+    mention_seq: u64,
 }
 
 impl ConvRow {
@@ -178,11 +225,41 @@ impl ConvRow {
             last_activity: 0,
             pending_read_seq: None,
             version: 0,
+            mention_seq: 0,
         }
     }
 
     fn unread(&self) -> u64 {
         self.last_seq.saturating_sub(self.read_seq)
+    }
+
+    /// An unread message mentions this user.
+    fn mentioned(&self) -> bool {
+        self.mention_seq > self.read_seq
+    }
+
+    /// Takes in the server's word on mentions as of its `last_seq`: mentioned means some
+    /// message up to `last_seq` mentions the user (which one is not said, so the newest is
+    /// assumed); not mentioned clears what this device knew up to there.
+    fn see_mention_state(&mut self, mentioned: bool, last_seq: u64) {
+        if mentioned {
+            self.mention_seq = self.mention_seq.max(last_seq);
+        } else if self.mention_seq <= last_seq {
+            self.mention_seq = 0;
+        }
+    }
+
+    /// Records a delivered message's effect on the read state: one's own message reads
+    /// everything up to it (as on the server; a timeline notice is no send, even when this
+    /// user caused it), and one that mentions this user marks the conversation.
+    fn see_read_effect(&mut self, me: &UserId, message: &Message) {
+        if &message.from == me {
+            if !is_notice(message) {
+                self.read_seq = self.read_seq.max(message.seq);
+            }
+        } else if message.mentions.as_ref().is_some_and(|m| m.includes(me)) {
+            self.mention_seq = self.mention_seq.max(message.seq);
+        }
     }
 
     fn to_conversation(&self) -> Conversation {
@@ -193,6 +270,7 @@ impl ConvRow {
             last_seq: self.last_seq,
             read_seq: self.read_seq,
             unread_count: self.unread(),
+            mentioned: self.mentioned(),
             last_message: self.last_message.clone(),
             last_activity: self.last_activity,
         }
@@ -207,6 +285,11 @@ impl ConvRow {
         }
         self.last_activity = self.last_activity.max(message.server_time);
     }
+}
+
+/// A server-written group timeline line ("bob joined").
+fn is_notice(message: &Message) -> bool {
+    matches!(message.content, MessageContent::GroupNotice(_))
 }
 
 /// Seqs, versions and timestamps stay below 2^53 on the wire; clamp rather than wrap if a
@@ -282,6 +365,7 @@ fn read_message_row(row: &Row<'_>) -> rusqlite::Result<LocalMessage> {
             )
         })?,
         error: opt_json_col(row, 12)?,
+        mentions: opt_json_col(row, 13)?,
     })
 }
 
@@ -300,6 +384,7 @@ fn read_conv_row(row: &Row<'_>) -> rusqlite::Result<ConvRow> {
         last_activity: row.get(7)?,
         pending_read_seq: row.get::<_, Option<i64>>(8)?.map(from_sql_u64),
         version: from_sql_u64(row.get(9)?),
+        mention_seq: from_sql_u64(row.get(10)?),
     })
 }
 
@@ -314,14 +399,15 @@ fn save_conv(tx: &Connection, row: &ConvRow) -> Result<()> {
     let last_message = row.last_message.as_ref().map(to_json).transpose()?;
     let mut stmt = tx.prepare_cached(
         "INSERT INTO conversations (conversation_id, peer, last_seq, read_seq, unread_count, \
-             cursor, last_message, last_message_seq, last_activity, pending_read_seq, version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             cursor, last_message, last_message_seq, last_activity, pending_read_seq, version, \
+             mention_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (conversation_id) DO UPDATE SET
              peer = excluded.peer, last_seq = excluded.last_seq, read_seq = excluded.read_seq,
              unread_count = excluded.unread_count, cursor = excluded.cursor,
              last_message = excluded.last_message, last_message_seq = excluded.last_message_seq,
              last_activity = excluded.last_activity, pending_read_seq = excluded.pending_read_seq,
-             version = excluded.version",
+             version = excluded.version, mention_seq = excluded.mention_seq",
     )?;
     stmt.execute(params![
         row.id.as_str(),
@@ -335,7 +421,24 @@ fn save_conv(tx: &Connection, row: &ConvRow) -> Result<()> {
         row.last_activity,
         row.pending_read_seq.map(sql_u64),
         sql_u64(row.version),
+        sql_u64(row.mention_seq),
     ])?;
+    Ok(())
+}
+
+/// Adds the [`ADDED_COLUMNS`] a database from an older SDK lacks.
+fn add_missing_columns(conn: &Connection) -> Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = stmt
+            .query_map([], |row| row.get::<_, String>(1))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        if !names.iter().any(|name| name == column) {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
     Ok(())
 }
 
@@ -376,8 +479,22 @@ impl Db {
                 ),
             ));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if version < SCHEMA_VERSION {
+            // One transaction: a crash mid-upgrade leaves the old schema and version.
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let upgraded = conn
+                .execute_batch(SCHEMA)
+                .map_err(Error::from)
+                .and_then(|()| add_missing_columns(&conn))
+                .and_then(|()| Ok(conn.pragma_update(None, "user_version", SCHEMA_VERSION)?));
+            match upgraded {
+                Ok(()) => conn.execute_batch("COMMIT")?,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
+            }
+        }
         Ok(Self { conn, me })
     }
 
@@ -385,26 +502,37 @@ impl Db {
         Ok(self.conn.transaction()?)
     }
 
-    /// The `version` to pass as `since` to the next `sync`.
-    pub(crate) fn sync_version(&self) -> Result<u64> {
-        let value: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'sync_version'",
-                [],
-                |row| row.get(0),
-            )
-            .optional()?;
-        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+    /// The cursors to pass to the next `sync` (`since`, `groups_since`).
+    pub(crate) fn sync_cursors(&self) -> Result<SyncCursors> {
+        let read = |key: &str| -> Result<u64> {
+            let value: Option<String> = self
+                .conn
+                .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([key], |row| row.get(0))
+                .optional()?;
+            Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+        };
+        Ok(SyncCursors {
+            version: read(SYNC_VERSION_KEY)?,
+            groups_version: read(GROUPS_SYNC_VERSION_KEY)?,
+        })
     }
 
-    /// Records that everything up to a sync version has been pulled.
-    pub(crate) fn set_sync_version(&self, version: u64) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('sync_version', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [version.to_string()],
-        )?;
+    /// Records that everything up to both sync cursors has been pulled (one transaction, so
+    /// the two never disagree after a crash).
+    pub(crate) fn set_sync_cursors(&mut self, cursors: SyncCursors) -> Result<()> {
+        let tx = self.tx()?;
+        for (key, value) in [
+            (SYNC_VERSION_KEY, cursors.version),
+            (GROUPS_SYNC_VERSION_KEY, cursors.groups_version),
+        ] {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([key, &value.to_string()])?;
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -431,12 +559,11 @@ impl Db {
             let mut messages = Vec::with_capacity(batch.messages.len());
             for message in batch.messages {
                 let prior = upsert_message(&tx, &me, &message)?;
-                if message.from == me {
-                    row.read_seq = row.read_seq.max(message.seq);
-                }
+                row.see_read_effect(&me, &message);
                 row.see_message(&message);
                 messages.push((message, prior));
             }
+            row.read_seq = row.read_seq.max(batch.read_floor);
             row.cursor = Some(row.cursor.unwrap_or(0).max(batch.cursor));
             save_conv(&tx, &row)?;
             out.push(Delivered {
@@ -472,12 +599,45 @@ impl Db {
             if let Some(last) = &state.last_message {
                 row.see_message(last);
             }
+            row.see_mention_state(state.mentioned, state.last_seq);
             row.version = row.version.max(state.version);
             if row.cursor.is_none() {
                 row.cursor = new_cursors.get(id).copied();
             }
             save_conv(&tx, &row)?;
             out.push(row.to_conversation());
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Conversations whose messages the server refuses to show (a group this user left):
+    /// what lies beyond the held cursor cannot be read, so it does not count as unread.
+    /// Returns the updated conversations.
+    pub(crate) fn cap_unreachable(
+        &mut self,
+        held: &[(ConversationId, u64)],
+    ) -> Result<Vec<Conversation>> {
+        let tx = self.tx()?;
+        let mut out = Vec::with_capacity(held.len());
+        for (id, cursor) in held {
+            let Some(mut row) = load_conv(&tx, id)? else {
+                continue;
+            };
+            let reachable = (*cursor).max(row.read_seq);
+            if row.last_seq > reachable || row.last_message_seq > reachable {
+                row.last_seq = row.last_seq.min(reachable);
+                if row.last_message_seq > reachable {
+                    // Not shown to this user (sent after they left): the newest cached one
+                    // stands in.
+                    row.last_message = newest_stored(&tx, id, reachable)?
+                        .as_ref()
+                        .and_then(LocalMessage::to_message);
+                    row.last_message_seq = row.last_message.as_ref().map_or(0, |m| m.seq);
+                }
+                save_conv(&tx, &row)?;
+                out.push(row.to_conversation());
+            }
         }
         tx.commit()?;
         Ok(out)
@@ -490,6 +650,27 @@ impl Db {
         id: &ConversationId,
         read_seq: u64,
     ) -> Result<Option<Conversation>> {
+        self.update_read(id, read_seq, None)
+    }
+
+    /// Records the server's answer to `mark_read`: its read seq and mention marker.
+    pub(crate) fn apply_read_state(
+        &mut self,
+        state: &ConversationState,
+    ) -> Result<Option<Conversation>> {
+        self.update_read(
+            &state.conversation_id,
+            state.read_seq,
+            Some((state.mentioned, state.last_seq)),
+        )
+    }
+
+    fn update_read(
+        &mut self,
+        id: &ConversationId,
+        read_seq: u64,
+        mention_state: Option<(bool, u64)>,
+    ) -> Result<Option<Conversation>> {
         let tx = self.tx()?;
         let Some(mut row) = load_conv(&tx, id)? else {
             return Ok(None);
@@ -497,6 +678,9 @@ impl Db {
         row.read_seq = row.read_seq.max(read_seq);
         if row.pending_read_seq.is_some_and(|p| p <= read_seq) {
             row.pending_read_seq = None;
+        }
+        if let Some((mentioned, last_seq)) = mention_state {
+            row.see_mention_state(mentioned, last_seq);
         }
         save_conv(&tx, &row)?;
         tx.commit()?;
@@ -558,8 +742,8 @@ impl Db {
         let tx = self.tx()?;
         tx.prepare_cached(
             "INSERT INTO messages (conversation_id, sender, recipient, client_msg_id, content, \
-                 ext, local_time, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 ext, local_time, status, mentions)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?
         .execute(params![
             conversation_id.as_str(),
@@ -570,6 +754,7 @@ impl Db {
             request.ext.as_ref().map(to_json).transpose()?,
             now,
             MessageStatus::Sending.as_i64(),
+            request.mentions.as_ref().map(to_json).transpose()?,
         ])?;
         let local_id = tx.last_insert_rowid();
         tx.prepare_cached(
@@ -599,6 +784,7 @@ impl Db {
             local_time: now,
             status: MessageStatus::Sending,
             error: None,
+            mentions: request.mentions.clone(),
         })
     }
 
@@ -703,6 +889,7 @@ impl Db {
                     client_msg_id: local.client_msg_id.clone(),
                     content: local.content.clone(),
                     ext: local.ext.clone(),
+                    mentions: local.mentions.clone(),
                 };
                 let inserted = tx.execute(
                     "INSERT OR IGNORE INTO outbox (client_msg_id, conversation_id, request)
@@ -826,23 +1013,48 @@ impl Db {
     }
 }
 
-fn find_own(conn: &Connection, me: &UserId, client_msg_id: &str) -> Result<Option<LocalMessage>> {
+/// The newest cached message of a conversation with a seq at or below `max_seq`.
+fn newest_stored(
+    conn: &Connection,
+    id: &ConversationId,
+    max_seq: u64,
+) -> Result<Option<LocalMessage>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND client_msg_id = ?2"
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+         WHERE conversation_id = ?1 AND seq IS NOT NULL AND seq <= ?2
+         ORDER BY seq DESC LIMIT 1"
     ))?;
     Ok(stmt
-        .query_row(params![me.as_str(), client_msg_id], read_message_row)
+        .query_row(params![id.as_str(), sql_u64(max_seq)], read_message_row)
+        .optional()?)
+}
+
+/// A message this user sent or is sending; not a group notice that names them as its cause
+/// (stored as received).
+fn find_own(conn: &Connection, me: &UserId, client_msg_id: &str) -> Result<Option<LocalMessage>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+         WHERE sender = ?1 AND client_msg_id = ?2 AND status <> ?3"
+    ))?;
+    Ok(stmt
+        .query_row(
+            params![me.as_str(), client_msg_id, MessageStatus::Received.as_i64()],
+            read_message_row,
+        )
         .optional()?)
 }
 
 /// Stores a server message, merging it into this device's pending row when it is one of ours.
 fn upsert_message(tx: &Connection, me: &UserId, message: &Message) -> Result<Prior> {
-    let status = if &message.from == me {
+    // A notice names who caused it as its sender, but nobody sent it.
+    let own = &message.from == me && !is_notice(message);
+    let status = if own {
         MessageStatus::Sent
     } else {
         MessageStatus::Received
     };
-    if &message.from == me {
+    let mentions = message.mentions.as_ref().map(to_json).transpose()?;
+    if own {
         let existing: Option<(i64, i64)> = tx
             .prepare_cached(
                 "SELECT local_id, status FROM messages WHERE sender = ?1 AND client_msg_id = ?2",
@@ -855,8 +1067,8 @@ fn upsert_message(tx: &Connection, me: &UserId, message: &Message) -> Result<Pri
             tx.prepare_cached(
                 // The server's copy wins: it is what every other device sees.
                 "UPDATE messages SET message_id = ?1, seq = ?2, server_time = ?3, status = ?4,
-                     content = ?5, ext = ?6, error = NULL
-                 WHERE local_id = ?7",
+                     content = ?5, ext = ?6, error = NULL, mentions = ?7
+                 WHERE local_id = ?8",
             )?
             .execute(params![
                 sql_message_id(message.id),
@@ -865,6 +1077,7 @@ fn upsert_message(tx: &Connection, me: &UserId, message: &Message) -> Result<Pri
                 status.as_i64(),
                 to_json(&message.content)?,
                 message.ext.as_ref().map(to_json).transpose()?,
+                mentions,
                 local_id
             ])?;
             tx.prepare_cached("DELETE FROM outbox WHERE client_msg_id = ?1")?
@@ -883,8 +1096,8 @@ fn upsert_message(tx: &Connection, me: &UserId, message: &Message) -> Result<Pri
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO messages (conversation_id, message_id, seq, sender, recipient,
-                 client_msg_id, content, ext, server_time, local_time, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 client_msg_id, content, ext, server_time, local_time, status, mentions)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?
         .execute(params![
             message.conversation_id.as_str(),
@@ -898,6 +1111,7 @@ fn upsert_message(tx: &Connection, me: &UserId, message: &Message) -> Result<Pri
             message.server_time,
             now_millis(),
             status.as_i64(),
+            mentions,
         ])?;
     Ok(if inserted == 1 {
         Prior::New
@@ -966,7 +1180,7 @@ pub(crate) fn db_path(data_dir: &Path, user: &UserId) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use magpie_proto::{ConversationKind, ErrorCode, MessageContent, Peer};
+    use magpie_proto::{ConversationKind, ErrorCode, Mentions, MessageContent, Peer};
 
     fn user(s: &str) -> UserId {
         UserId::new(s).expect("user")
@@ -993,18 +1207,15 @@ mod tests {
             client_msg_id: format!("{from}-{seq}"),
             content: MessageContent::text(format!("#{seq}")),
             ext: None,
+            mentions: None,
             server_time: time,
         }
     }
 
     fn deliver(db: &mut Db, conv: &ConversationId, messages: Vec<Message>) -> Vec<Delivered> {
         let cursor = messages.iter().map(|m| m.seq).max().unwrap_or(0);
-        db.apply_delivery(vec![DeliveryBatch {
-            conversation_id: conv.clone(),
-            messages,
-            cursor,
-        }])
-        .expect("deliver")
+        db.apply_delivery(vec![DeliveryBatch::new(conv.clone(), messages, cursor)])
+            .expect("deliver")
     }
 
     fn send_request(to: &str, id: &str, text: &str) -> SendRequest {
@@ -1013,6 +1224,7 @@ mod tests {
             client_msg_id: id.into(),
             content: MessageContent::text(text),
             ext: None,
+            mentions: None,
         }
     }
 
@@ -1070,12 +1282,8 @@ mod tests {
             &conv,
             vec![msg(&conv, 1, "bob", 1), msg(&conv, 2, "bob", 2)],
         );
-        db.apply_delivery(vec![DeliveryBatch {
-            conversation_id: conv.clone(),
-            messages: vec![],
-            cursor: 1,
-        }])
-        .expect("deliver");
+        db.apply_delivery(vec![DeliveryBatch::new(conv.clone(), vec![], 1)])
+            .expect("deliver");
         assert_eq!(db.cursors().expect("cursors"), vec![(conv, 2)]);
     }
 
@@ -1169,6 +1377,7 @@ mod tests {
             last_seq: last,
             read_seq: read,
             unread_count: last - read,
+            mentioned: false,
             last_message: Some(msg(conv, last, peer, 1000 + last as i64)),
             version: 7,
             updated_at: 5,
@@ -1296,11 +1505,11 @@ mod tests {
         let mut db = db();
         let conv = c2c("amy", "bob");
         deliver(&mut db, &conv, vec![]);
-        db.apply_delivery(vec![DeliveryBatch {
-            conversation_id: conv.clone(),
-            messages: vec![msg(&conv, 10, "bob", 10)],
-            cursor: 10,
-        }])
+        db.apply_delivery(vec![DeliveryBatch::new(
+            conv.clone(),
+            vec![msg(&conv, 10, "bob", 10)],
+            10,
+        )])
         .expect("deliver");
         let history: Vec<_> = (5..=12).map(|s| msg(&conv, s, "bob", s as i64)).collect();
         db.store_history(&conv, &history).expect("history");
@@ -1315,21 +1524,340 @@ mod tests {
     }
 
     #[test]
-    fn the_sync_version_persists_across_reopen() {
+    fn both_sync_cursors_persist_across_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = db_path(dir.path(), &user("amy"));
         {
-            let db = Db::open(&path, user("amy")).expect("open");
-            assert_eq!(db.sync_version().expect("version"), 0);
-            db.set_sync_version(42).expect("set");
+            let mut db = Db::open(&path, user("amy")).expect("open");
+            assert_eq!(db.sync_cursors().expect("cursors"), SyncCursors::default());
+            db.set_sync_cursors(SyncCursors {
+                version: 42,
+                groups_version: 7,
+            })
+            .expect("set");
         }
         let db = Db::open(&path, user("amy")).expect("reopen");
-        assert_eq!(db.sync_version().expect("version"), 42);
+        assert_eq!(
+            db.sync_cursors().expect("cursors"),
+            SyncCursors {
+                version: 42,
+                groups_version: 7
+            }
+        );
         let mode: String = db
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .expect("mode");
         assert_eq!(mode, "wal");
+    }
+
+    fn grp(id: &str) -> ConversationId {
+        ConversationId::group(&magpie_proto::GroupId::new(id).expect("group id"))
+    }
+
+    fn group_msg(
+        conv: &ConversationId,
+        seq: u64,
+        from: &str,
+        mentions: Option<Mentions>,
+    ) -> Message {
+        Message {
+            id: MessageId(1_000_000 + seq),
+            conversation_id: conv.clone(),
+            seq,
+            from: user(from),
+            to: Peer::Group(conv.group_id().expect("a group conversation")),
+            client_msg_id: format!("{from}-g{seq}"),
+            content: MessageContent::text(format!("g{seq}")),
+            ext: None,
+            mentions,
+            server_time: seq as i64,
+        }
+    }
+
+    fn notice(conv: &ConversationId, seq: u64, by: &str) -> Message {
+        let mut message = group_msg(conv, seq, by, None);
+        message.client_msg_id = format!("notice-{seq}");
+        message.content = MessageContent::GroupNotice(magpie_proto::message::GroupNoticeBody {
+            kind: magpie_proto::message::GroupNoticeKind::MemberJoined,
+            user_ids: vec![user(by)],
+            user_count: None,
+        });
+        message
+    }
+
+    fn mention(users: &[&str], all: bool) -> Option<Mentions> {
+        Some(Mentions {
+            user_ids: users.iter().map(|u| user(u)).collect(),
+            all,
+        })
+    }
+
+    #[test]
+    fn group_messages_keep_their_mentions_and_mark_the_mentioned_user_until_read() {
+        let mut db = db();
+        let g = grp("team");
+        let out = deliver(
+            &mut db,
+            &g,
+            vec![
+                group_msg(&g, 1, "bob", None),
+                group_msg(&g, 2, "bob", mention(&["cat"], false)),
+            ],
+        );
+        let c = &out[0].conversation;
+        assert_eq!(
+            (c.kind, c.peer.clone(), c.unread_count),
+            (ConversationKind::Group, None, 2)
+        );
+        assert!(!c.mentioned, "someone else was mentioned");
+        assert_eq!(c.group_id().map(|g| g.to_string()), Some("team".into()));
+
+        let out = deliver(
+            &mut db,
+            &g,
+            vec![group_msg(&g, 3, "bob", mention(&["amy"], false))],
+        );
+        assert!(out[0].conversation.mentioned);
+        let page = db.messages(&g, None, 10).expect("page");
+        assert_eq!(page.messages[2].mentions, mention(&["amy"], false));
+        assert_eq!(page.messages[1].mentions, mention(&["cat"], false));
+        assert_eq!(page.messages[0].mentions, None);
+        assert_eq!(
+            page.messages[2].to_message(),
+            Some(group_msg(&g, 3, "bob", mention(&["amy"], false)))
+        );
+
+        // Reading below the mention keeps it; reading past it clears it.
+        let (c, _) = db
+            .mark_read_locally(&g, Some(2))
+            .expect("read")
+            .expect("known");
+        assert!(c.mentioned);
+        let (c, _) = db
+            .mark_read_locally(&g, None)
+            .expect("read")
+            .expect("known");
+        assert!(!c.mentioned);
+        assert_eq!(c.unread_count, 0);
+
+        // @all mentions everyone, but one's own message mentions nobody to oneself.
+        let out = deliver(
+            &mut db,
+            &g,
+            vec![group_msg(&g, 4, "amy", mention(&[], true))],
+        );
+        assert!(!out[0].conversation.mentioned);
+        let out = deliver(
+            &mut db,
+            &g,
+            vec![group_msg(&g, 5, "bob", mention(&[], true))],
+        );
+        assert!(out[0].conversation.mentioned);
+        assert_eq!(out[0].conversation.unread_count, 1);
+    }
+
+    #[test]
+    fn the_servers_mention_marker_is_taken_from_sync_and_read_answers() {
+        let mut db = db();
+        let g = grp("team");
+        let state = |last: u64, read: u64, mentioned: bool| ConversationState {
+            conversation_id: g.clone(),
+            kind: ConversationKind::Group,
+            peer: None,
+            last_seq: last,
+            read_seq: read,
+            unread_count: last - read,
+            mentioned,
+            last_message: Some(group_msg(&g, last, "bob", None)),
+            version: 1,
+            updated_at: 1,
+        };
+        let out = db
+            .apply_sync_states(&[state(6, 2, true)], &HashMap::from([(g.clone(), 2)]))
+            .expect("sync");
+        assert!(out[0].mentioned);
+        assert_eq!(out[0].unread_count, 4);
+        // mark_read's answer: read up to 4, no unread mention left.
+        let mut answer = state(6, 4, false);
+        answer.last_message = None;
+        let c = db.apply_read_state(&answer).expect("read").expect("known");
+        assert!(!c.mentioned);
+        assert_eq!((c.read_seq, c.unread_count), (4, 2));
+        // A newer mention than the server's state knows of survives it.
+        deliver(
+            &mut db,
+            &g,
+            vec![group_msg(&g, 7, "bob", mention(&["amy"], false))],
+        );
+        let c = db
+            .apply_sync_states(&[state(6, 4, false)], &HashMap::new())
+            .expect("sync")
+            .remove(0);
+        assert!(c.mentioned);
+    }
+
+    #[test]
+    fn seqs_before_the_join_point_are_not_unread_and_notices_are_not_own_sends() {
+        let mut db = db();
+        let g = grp("team");
+        // Joined at seq 10: nothing before it is visible; amy's own join notice is unread
+        // (as the server counts it) and no send of hers.
+        let out = db
+            .apply_delivery(vec![DeliveryBatch {
+                read_floor: 9,
+                ..DeliveryBatch::new(g.clone(), vec![notice(&g, 10, "amy")], 10)
+            }])
+            .expect("deliver");
+        let c = &out[0].conversation;
+        assert_eq!((c.last_seq, c.read_seq, c.unread_count), (10, 9, 1));
+        assert_eq!(out[0].messages[0].1, Prior::New);
+        let local = db.messages(&g, None, 10).expect("page").messages.remove(0);
+        assert_eq!(local.status, MessageStatus::Received);
+        assert_eq!(db.own_message("notice-10").expect("read"), None);
+        assert_eq!(db.cursors().expect("cursors"), vec![(g.clone(), 10)]);
+
+        // Amy's own message reads everything before it.
+        let out = deliver(&mut db, &g, vec![group_msg(&g, 11, "amy", None)]);
+        assert_eq!(out[0].conversation.unread_count, 0);
+    }
+
+    #[test]
+    fn a_conversation_the_server_refuses_shows_only_what_is_held() {
+        let mut db = db();
+        let g = grp("left");
+        deliver(
+            &mut db,
+            &g,
+            vec![group_msg(&g, 1, "bob", None), group_msg(&g, 2, "amy", None)],
+        );
+        // Sync reports messages sent after amy left (which she may not read).
+        let state = ConversationState {
+            conversation_id: g.clone(),
+            kind: ConversationKind::Group,
+            peer: None,
+            last_seq: 5,
+            read_seq: 2,
+            unread_count: 3,
+            mentioned: false,
+            last_message: Some(group_msg(&g, 5, "bob", None)),
+            version: 3,
+            updated_at: 5,
+        };
+        let c = db
+            .apply_sync_states(&[state], &HashMap::new())
+            .expect("sync")
+            .remove(0);
+        assert_eq!((c.last_seq, c.unread_count), (5, 3));
+        let out = db.cap_unreachable(&[(g.clone(), 2)]).expect("cap");
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].last_seq, out[0].unread_count), (2, 0));
+        assert_eq!(out[0].last_message, Some(group_msg(&g, 2, "amy", None)));
+        assert!(
+            db.cap_unreachable(&[(g.clone(), 2)])
+                .expect("cap")
+                .is_empty(),
+            "nothing left to change"
+        );
+        // A device that holds nothing keeps the read seq and shows no message.
+        let other = grp("gone");
+        db.apply_sync_states(
+            &[ConversationState {
+                conversation_id: other.clone(),
+                last_message: Some(group_msg(&other, 9, "bob", None)),
+                last_seq: 9,
+                read_seq: 4,
+                ..db_state_template(&other)
+            }],
+            &HashMap::from([(other.clone(), 0)]),
+        )
+        .expect("sync");
+        let out = db.cap_unreachable(&[(other, 0)]).expect("cap");
+        assert_eq!(
+            (out[0].last_seq, out[0].read_seq, out[0].unread_count),
+            (4, 4, 0)
+        );
+        assert_eq!(out[0].last_message, None);
+    }
+
+    fn db_state_template(id: &ConversationId) -> ConversationState {
+        ConversationState {
+            conversation_id: id.clone(),
+            kind: id.kind(),
+            peer: None,
+            last_seq: 0,
+            read_seq: 0,
+            unread_count: 0,
+            mentioned: false,
+            last_message: None,
+            version: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn a_database_of_schema_2_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = db_path(dir.path(), &user("amy"));
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        {
+            let conn = Connection::open(&path).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('sync_version', '17');
+                 CREATE TABLE conversations (
+                     conversation_id TEXT PRIMARY KEY, peer TEXT,
+                     last_seq INTEGER NOT NULL DEFAULT 0, read_seq INTEGER NOT NULL DEFAULT 0,
+                     unread_count INTEGER NOT NULL DEFAULT 0, cursor INTEGER, last_message TEXT,
+                     last_message_seq INTEGER NOT NULL DEFAULT 0,
+                     last_activity INTEGER NOT NULL DEFAULT 0, pending_read_seq INTEGER,
+                     version INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO conversations (conversation_id, peer, last_seq, read_seq,
+                     unread_count, cursor) VALUES ('c2c:amy:bob', 'bob', 3, 1, 2, 3);
+                 CREATE TABLE messages (
+                     local_id INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id TEXT NOT NULL,
+                     message_id INTEGER UNIQUE, seq INTEGER, sender TEXT NOT NULL,
+                     recipient TEXT NOT NULL, client_msg_id TEXT NOT NULL, content TEXT NOT NULL,
+                     ext TEXT, server_time INTEGER, local_time INTEGER NOT NULL,
+                     status INTEGER NOT NULL, error TEXT);
+                 INSERT INTO messages (conversation_id, message_id, seq, sender, recipient,
+                     client_msg_id, content, server_time, local_time, status)
+                 VALUES ('c2c:amy:bob', 9, 3, 'bob', '{\"kind\":\"user\",\"id\":\"amy\"}', 'x',
+                     '{\"type\":\"text\",\"body\":{\"text\":\"old\"}}', 5, 5, 3);
+                 PRAGMA user_version = 2;",
+            )
+            .expect("an old database");
+        }
+        let mut db = Db::open(&path, user("amy")).expect("upgrade");
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(
+            db.sync_cursors().expect("cursors"),
+            SyncCursors {
+                version: 17,
+                groups_version: 0
+            },
+            "the old cursor is kept; groups are synced from the start"
+        );
+        let conv = c2c("amy", "bob");
+        let old = db.conversation(&conv).expect("read").expect("kept");
+        assert_eq!((old.unread_count, old.mentioned), (2, false));
+        let page = db.messages(&conv, None, 10).expect("page");
+        assert_eq!(page.messages[0].content, MessageContent::text("old"));
+        assert_eq!(page.messages[0].mentions, None);
+        // The new columns work.
+        let g = grp("team");
+        let out = deliver(
+            &mut db,
+            &g,
+            vec![group_msg(&g, 1, "bob", mention(&["amy"], false))],
+        );
+        assert!(out[0].conversation.mentioned);
+        drop(db);
+        Db::open(&path, user("amy")).expect("reopening an upgraded database");
     }
 
     #[test]

@@ -340,6 +340,19 @@ impl Db {
         Ok(())
     }
 
+    /// Records whether a member receives the group's messages, on their cached row if any.
+    pub(crate) fn set_member_receive(
+        &mut self,
+        id: &GroupId,
+        user: &UserId,
+        receive: bool,
+    ) -> Result<()> {
+        let tx = self.tx()?;
+        edit_member(&tx, id, user, |m| m.receive_messages = receive)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Applies the effect of a successful request on member rows (kick, set role).
     pub(crate) fn apply_member_change(&mut self, id: &GroupId, change: &GroupChange) -> Result<()> {
         let tx = self.tx()?;
@@ -464,6 +477,8 @@ mod tests {
             attributes: serde_json::Map::new(),
             muted_until: None,
             allowed_when_all_muted: false,
+            visible_from_seq: 1,
+            receive_messages: true,
         }
     }
 

@@ -6,7 +6,10 @@
 use magpie_sdk::proto::group::{
     CreateGroupRequest, GroupOptionsPatch, InviteOutcome, MembersRequest, UpdateGroupRequest,
 };
-use magpie_sdk::{GroupChange, GroupId, GroupInfo, GroupManager, GroupRole, JoinPolicy};
+use magpie_sdk::{
+    ConversationKind, GroupChange, GroupId, GroupInfo, GroupManager, GroupNoticeKind, GroupRole,
+    JoinPolicy, Mentions, Peer, ReadReceiptsRequest,
+};
 
 use super::*;
 
@@ -472,5 +475,814 @@ async fn the_group_cache_survives_a_restart_and_catches_up_after_one() {
     assert!(
         members.is_empty(),
         "rows from before a missed change are dropped: {members:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Group messages
+// ---------------------------------------------------------------------------------------------
+
+fn group_conv(id: &str) -> ConversationId {
+    ConversationId::group(&gid(id))
+}
+
+fn mentions(users: &[&str], all: bool) -> Option<Mentions> {
+    Some(Mentions {
+        user_ids: users.iter().map(|u| user(u)).collect(),
+        all,
+    })
+}
+
+/// A timeline notice's kind and the users it names; `None` for other messages.
+fn notice(message: &Message) -> Option<(GroupNoticeKind, Vec<String>)> {
+    match &message.content {
+        MessageContent::GroupNotice(body) => Some((
+            body.kind,
+            body.user_ids
+                .iter()
+                .map(|u| u.as_str().to_owned())
+                .collect(),
+        )),
+        _ => None,
+    }
+}
+
+impl Device {
+    async fn send_group(&self, group: &str, text: &str, mentioned: Option<Mentions>) -> Message {
+        self.chat()
+            .send_group(gid(group), MessageContent::text(text), mentioned, None)
+            .await
+            .expect("group send")
+    }
+
+    /// The cached conversation (which must be known).
+    async fn conversation(&self, id: &ConversationId) -> magpie_sdk::Conversation {
+        self.chat()
+            .conversation(id)
+            .await
+            .expect("cache")
+            .unwrap_or_else(|| panic!("{id} is not cached"))
+    }
+
+    /// Seqs of the cached messages of a conversation.
+    async fn cached_seqs(&self, id: &ConversationId) -> Vec<u64> {
+        let page = self
+            .chat()
+            .load_messages(id, None, 200)
+            .await
+            .expect("page");
+        page.messages.iter().filter_map(|m| m.seq).collect()
+    }
+}
+
+/// The sync cursors kept in a device's local database (`meta`), read from the file.
+fn stored_cursors(device: &Device, user_id: &str) -> (u64, u64) {
+    let path = device.dir.path().join(user_id).join("magpie.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the local database");
+    let read = |key: &str| -> u64 {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+            row.get::<_, String>(0)
+        })
+        .map(|v| v.parse().expect("a number"))
+        .unwrap_or(0)
+    };
+    (read("sync_version"), read("groups_sync_version"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_messages_reach_every_member_once_in_order_live_and_through_sync() {
+    let server = fast_server().await;
+    let alice_token = server.user_with_token("alice").await;
+    let bob_token = server.user_with_token("bob").await;
+    let carol_token = server.user_with_token("carol").await;
+    let alice = DeviceSpec::new(&server, "alice-phone")
+        .platform(Platform::Ios)
+        .login("alice", &alice_token)
+        .await;
+    let mut alice_desk = DeviceSpec::new(&server, "alice-desk")
+        .login("alice", &alice_token)
+        .await;
+    let mut bob = DeviceSpec::new(&server, "bob-1")
+        .codec(Codec::MsgPack)
+        .login("bob", &bob_token)
+        .await;
+    // Carol is a member but offline throughout.
+    alice
+        .groups()
+        .create(create_request("g", &["bob", "carol"]))
+        .await
+        .expect("create");
+    let g = group_conv("g");
+
+    let mut sent = Vec::new();
+    for i in 1..=5 {
+        sent.push(alice.send_group("g", &format!("hello {i}"), None).await);
+    }
+    // Seq 1 is the server's "created" notice.
+    assert_eq!(seqs(&sent), vec![2, 3, 4, 5, 6]);
+    assert!(sent.iter().all(|m| m.conversation_id == g));
+    assert!(sent.iter().all(|m| m.to == Peer::Group(gid("g"))));
+
+    let at_bob = bob.receive_exactly(6).await;
+    assert_eq!(seqs(&at_bob), (1..=6).collect::<Vec<_>>());
+    assert_eq!(notice(&at_bob[0]), Some((GroupNoticeKind::Created, vec![])));
+    assert_eq!(at_bob[0].from, user("alice"));
+    assert_eq!(
+        &at_bob[1..],
+        &sent[..],
+        "every message once, in order, as stored"
+    );
+    let at_desk = alice_desk.receive_exactly(6).await;
+    assert_eq!(&at_desk[1..], &sent[..], "the sender's other device too");
+
+    let bobs = bob.conversation(&g).await;
+    assert_eq!(bobs.kind, ConversationKind::Group);
+    assert_eq!(bobs.peer, None);
+    assert_eq!(bobs.group_id(), Some(gid("g")));
+    assert_eq!(bobs.target(), Some(Peer::Group(gid("g"))));
+    assert_eq!((bobs.last_seq, bobs.read_seq, bobs.unread_count), (6, 0, 6));
+    assert_eq!(bobs.last_message.as_ref().map(text), Some("hello 5".into()));
+    assert!(!bobs.mentioned);
+    let alices = alice.conversation(&g).await;
+    assert_eq!(
+        (alices.read_seq, alices.unread_count),
+        (6, 0),
+        "one's own sends read the conversation"
+    );
+    assert_eq!(bob.cached_seqs(&g).await, (1..=6).collect::<Vec<_>>());
+
+    // Carol's first login: the group conversation comes through sync with its unread count.
+    let mut carol = DeviceSpec::new(&server, "carol-1")
+        .login("carol", &carol_token)
+        .await;
+    assert_eq!(seqs(&carol.synced), (1..=6).collect::<Vec<_>>());
+    assert_eq!(&carol.synced[1..], &sent[..]);
+    let carols = carol.conversation(&g).await;
+    assert_eq!(
+        (carols.last_seq, carols.read_seq, carols.unread_count),
+        (6, 0, 6)
+    );
+    assert_eq!(carol.chat().total_unread().await.expect("total"), 6);
+    let (own_cursor, groups_cursor) = stored_cursors(&carol, "carol");
+    assert!(groups_cursor > 0, "the group cursor is kept");
+
+    // Offline again: a group message and a one-to-one message wait on the two sides of sync.
+    carol.client.logout().await.expect("logout");
+    let from_bob = bob.send_group("g", "while you were out", None).await;
+    assert_eq!(from_bob.seq, 7);
+    let direct = alice
+        .chat()
+        .send(user("carol"), MessageContent::text("psst"), None)
+        .await
+        .expect("send");
+    carol
+        .restart(DeviceSpec::new(&server, "carol-1"), "carol", &carol_token)
+        .await;
+    // The two conversations come in either order; each message once.
+    assert_eq!(carol.synced.len(), 2, "only the news: {:?}", carol.synced);
+    assert!(carol.synced.contains(&from_bob) && carol.synced.contains(&direct));
+    let carols = carol.conversation(&g).await;
+    assert_eq!((carols.last_seq, carols.unread_count), (7, 7));
+    let (own_after, groups_after) = stored_cursors(&carol, "carol");
+    assert!(own_after > own_cursor, "{own_after} > {own_cursor}");
+    assert!(
+        groups_after > groups_cursor,
+        "{groups_after} > {groups_cursor}"
+    );
+
+    // The group cursor is passed back: a sync with nothing new in the group leaves it out.
+    carol.client.logout().await.expect("logout");
+    alice
+        .chat()
+        .send(user("carol"), MessageContent::text("again"), None)
+        .await
+        .expect("send");
+    let client = DeviceSpec::new(&server, "carol-1").client(carol.dir.path());
+    let mut events = client.events();
+    client
+        .login(user("carol"), &carol_token)
+        .await
+        .expect("login");
+    let mut updated = Vec::new();
+    while let ClientEvent::ConversationUpdated(c) = wait_for(&mut events, "sync", |e| {
+        matches!(
+            e,
+            ClientEvent::ConversationUpdated(_) | ClientEvent::SyncFinished
+        )
+    })
+    .await
+    {
+        updated.push(c.conversation_id);
+    }
+    assert!(updated.contains(&direct.conversation_id), "{updated:?}");
+    assert!(!updated.contains(&g), "{updated:?}");
+    carol.client = client;
+    carol.events = events;
+
+    // A read reaches the server: a fresh device of carol's sees it read.
+    let read = carol.chat().mark_read(&g, Some(5)).await.expect("read");
+    assert_eq!((read.read_seq, read.unread_count), (5, 2));
+    let fresh = DeviceSpec::new(&server, "carol-2")
+        .platform(Platform::Android)
+        .login("carol", &carol_token)
+        .await;
+    let fresh_row = fresh.conversation(&g).await;
+    assert_eq!((fresh_row.read_seq, fresh_row.unread_count), (5, 2));
+    assert_eq!(fresh.cached_seqs(&g).await, (1..=7).collect::<Vec<_>>());
+    bob.receive_exactly(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_joins_later_sees_history_from_their_join_notice_on() {
+    let server = fast_server().await;
+    let alice_token = server.user_with_token("alice").await;
+    let dan_token = server.user_with_token("dan").await;
+    let alice = DeviceSpec::new(&server, "alice-1")
+        .login("alice", &alice_token)
+        .await;
+    let mut dan = DeviceSpec::new(&server, "dan-1")
+        .login("dan", &dan_token)
+        .await;
+    alice
+        .groups()
+        .create(create_request("late", &[]))
+        .await
+        .expect("create");
+    for i in 1..=3 {
+        alice.send_group("late", &format!("before {i}"), None).await;
+    }
+
+    let joined = dan.groups().join(&gid("late"), None).await.expect("join");
+    assert!(joined.joined);
+    let after = alice.send_group("late", "welcome", None).await;
+    assert_eq!(after.seq, 6);
+
+    // Live: the join notice (seq 5) and what follows; nothing before it.
+    let got = dan.receive_exactly(2).await;
+    assert_eq!(seqs(&got), vec![5, 6]);
+    assert_eq!(
+        notice(&got[0]),
+        Some((GroupNoticeKind::MemberJoined, vec!["dan".to_owned()]))
+    );
+    assert_eq!(got[1], after);
+    let g = group_conv("late");
+    let row = dan.conversation(&g).await;
+    assert_eq!(
+        (row.last_seq, row.read_seq, row.unread_count),
+        (6, 4, 2),
+        "what was sent before the join is not unread"
+    );
+    assert_eq!(dan.cached_seqs(&g).await, vec![5, 6]);
+    let history = dan
+        .chat()
+        .fetch_history(&g, HistoryQuery::before_seq(5, 50))
+        .await
+        .expect("history");
+    assert!(history.messages.is_empty(), "{:?}", history.messages);
+    assert!(!history.has_more);
+    let page = dan
+        .chat()
+        .fetch_history(&g, HistoryQuery::default())
+        .await
+        .expect("history");
+    assert_eq!(seqs(&page.messages), vec![5, 6]);
+
+    // A new device of dan's gets the same through sync.
+    let fresh = DeviceSpec::new(&server, "dan-2")
+        .platform(Platform::Web)
+        .login("dan", &dan_token)
+        .await;
+    assert_eq!(seqs(&fresh.synced), vec![5, 6]);
+    let row = fresh.conversation(&g).await;
+    assert_eq!((row.last_seq, row.read_seq, row.unread_count), (6, 4, 2));
+
+    // The others' timelines show the join too.
+    let page = alice
+        .chat()
+        .load_messages(&g, None, 50)
+        .await
+        .expect("page");
+    let kinds: Vec<_> = page
+        .messages
+        .iter()
+        .map(|m| m.to_message().as_ref().and_then(notice).map(|n| n.0))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            Some(GroupNoticeKind::Created),
+            None,
+            None,
+            None,
+            Some(GroupNoticeKind::MemberJoined),
+            None
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_marks_the_mentioned_members_conversation_until_read() {
+    let server = fast_server().await;
+    let alice_token = server.user_with_token("alice").await;
+    let bob_token = server.user_with_token("bob").await;
+    let carol_token = server.user_with_token("carol").await;
+    let alice = DeviceSpec::new(&server, "alice-1")
+        .login("alice", &alice_token)
+        .await;
+    let mut bob = DeviceSpec::new(&server, "bob-1")
+        .login("bob", &bob_token)
+        .await;
+    let mut carol = DeviceSpec::new(&server, "carol-1")
+        .login("carol", &carol_token)
+        .await;
+    alice
+        .groups()
+        .create(create_request("m", &["bob", "carol"]))
+        .await
+        .expect("create");
+    let g = group_conv("m");
+    bob.receive_exactly(1).await;
+    carol.receive_exactly(1).await;
+
+    // By id: bob is marked, carol is not; a non-member named is dropped by the server.
+    let sent = alice
+        .send_group("m", "@bob look", mentions(&["bob", "nobody"], false))
+        .await;
+    assert_eq!(sent.mentions, mentions(&["bob"], false));
+    let got = bob.receive_exactly(1).await;
+    assert_eq!(got[0].mentions, mentions(&["bob"], false));
+    carol.receive_exactly(1).await;
+    assert!(bob.conversation(&g).await.mentioned);
+    assert!(!carol.conversation(&g).await.mentioned);
+    assert!(!alice.conversation(&g).await.mentioned);
+    let local = bob
+        .chat()
+        .load_messages(&g, None, 10)
+        .await
+        .expect("page")
+        .messages;
+    assert_eq!(local[1].mentions, mentions(&["bob"], false));
+
+    // A later message does not clear it; reading past the mention does.
+    alice.send_group("m", "more", None).await;
+    bob.receive_exactly(1).await;
+    carol.receive_exactly(1).await;
+    let row = bob.chat().mark_read(&g, Some(1)).await.expect("read");
+    assert!(row.mentioned, "the mention (seq 2) is still unread");
+    let row = bob.chat().mark_read(&g, None).await.expect("read");
+    assert!(!row.mentioned);
+    assert_eq!((row.read_seq, row.unread_count), (3, 0));
+
+    // @all while carol is offline: her next sync says so, and so does the server to a new
+    // device of bob's after he read it.
+    carol.client.logout().await.expect("logout");
+    alice
+        .send_group("m", "@all meeting", mentions(&[], true))
+        .await;
+    assert!(
+        bob.receive_exactly(1).await[0]
+            .mentions
+            .as_ref()
+            .is_some_and(|m| m.all)
+    );
+    assert!(bob.conversation(&g).await.mentioned);
+    carol
+        .restart(DeviceSpec::new(&server, "carol-1"), "carol", &carol_token)
+        .await;
+    assert_eq!(seqs(&carol.synced), vec![4]);
+    let row = carol.conversation(&g).await;
+    assert!(row.mentioned);
+    assert_eq!(row.unread_count, 4);
+    let row = carol.chat().mark_read(&g, None).await.expect("read");
+    assert!(!row.mentioned);
+
+    // New devices that pull no history (a window of 0): only sync's marker can tell them.
+    let carol_again = DeviceSpec::new(&server, "carol-2")
+        .platform(Platform::Web)
+        .window(0)
+        .login("carol", &carol_token)
+        .await;
+    assert!(carol_again.synced.is_empty());
+    assert!(
+        !carol_again.conversation(&g).await.mentioned,
+        "read on the server"
+    );
+    let bob_again = DeviceSpec::new(&server, "bob-2")
+        .platform(Platform::Web)
+        .window(0)
+        .login("bob", &bob_token)
+        .await;
+    assert!(bob_again.synced.is_empty());
+    let row = bob_again.conversation(&g).await;
+    assert!(row.mentioned, "the server's sync marks it: {row:?}");
+    assert_eq!((row.read_seq, row.unread_count), (3, 1));
+
+    // Mentions are for groups only, and bounded.
+    let err = alice
+        .chat()
+        .send_to(
+            Peer::User(user("bob")),
+            MessageContent::text("hi"),
+            None,
+            mentions(&["bob"], false),
+        )
+        .await
+        .expect_err("mentions in a one-to-one message");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let many: Vec<String> = (0..31).map(|i| format!("u{i}")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let err = alice
+        .chat()
+        .send_group(
+            gid("m"),
+            MessageContent::text("hi"),
+            mentions(&many, false),
+            None,
+        )
+        .await
+        .expect_err("31 mentions");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_group_sends_fail_with_typed_errors() {
+    let server = fast_server().await;
+    let alice_token = server.user_with_token("alice").await;
+    let bob_token = server.user_with_token("bob").await;
+    let dan_token = server.user_with_token("dan").await;
+    let alice = DeviceSpec::new(&server, "alice-1")
+        .login("alice", &alice_token)
+        .await;
+    let mut bob = DeviceSpec::new(&server, "bob-1")
+        .login("bob", &bob_token)
+        .await;
+    let dan = DeviceSpec::new(&server, "dan-1")
+        .login("dan", &dan_token)
+        .await;
+    alice
+        .groups()
+        .create(create_request("quiet", &["bob"]))
+        .await
+        .expect("create");
+    alice
+        .groups()
+        .mute(&gid("quiet"), vec![user("bob")], 600)
+        .await
+        .expect("mute");
+
+    let err = bob
+        .chat()
+        .send_group(
+            gid("quiet"),
+            MessageContent::text("let me talk"),
+            None,
+            None,
+        )
+        .await
+        .expect_err("muted");
+    assert_eq!(err.kind(), ErrorKind::Server(ErrorCode::Muted), "{err}");
+    let failed = wait_for(&mut bob.events, "failed status", |e| {
+        matches!(
+            e,
+            ClientEvent::MessageStatusChanged {
+                status: MessageStatus::Failed,
+                ..
+            }
+        )
+    })
+    .await;
+    let ClientEvent::MessageStatusChanged {
+        conversation_id,
+        client_msg_id,
+        error,
+        ..
+    } = failed
+    else {
+        unreachable!("matched above")
+    };
+    assert_eq!(conversation_id, group_conv("quiet"));
+    assert_eq!(error.map(|e| e.code), Some(ErrorCode::Muted));
+    let local = bob
+        .chat()
+        .local_message(&client_msg_id)
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(local.status, MessageStatus::Failed);
+    assert_eq!(local.to, Peer::Group(gid("quiet")));
+
+    // Unmuted, the failed message can be sent again with its id.
+    alice
+        .groups()
+        .mute(&gid("quiet"), vec![user("bob")], 0)
+        .await
+        .expect("unmute");
+    let resent = bob.chat().resend(&client_msg_id).await.expect("resend");
+    assert_eq!(
+        (resent.seq, resent.client_msg_id.as_str()),
+        (2, client_msg_id.as_str())
+    );
+
+    // Everyone muted: members are refused, the owner is not.
+    alice
+        .groups()
+        .mute_all(&gid("quiet"), true)
+        .await
+        .expect("mute all");
+    let err = bob
+        .chat()
+        .send_group(gid("quiet"), MessageContent::text("?"), None, None)
+        .await
+        .expect_err("all muted");
+    assert_eq!(err.code(), Some(ErrorCode::Muted), "{err}");
+    assert_eq!(alice.send_group("quiet", "owners speak", None).await.seq, 3);
+
+    let err = dan
+        .chat()
+        .send_group(gid("quiet"), MessageContent::text("hi"), None, None)
+        .await
+        .expect_err("not a member");
+    assert_eq!(err.code(), Some(ErrorCode::NotGroupMember), "{err}");
+    let err = dan
+        .chat()
+        .send_group(gid("nowhere"), MessageContent::text("hi"), None, None)
+        .await
+        .expect_err("no such group");
+    assert_eq!(err.code(), Some(ErrorCode::GroupNotFound), "{err}");
+    assert_eq!(dan.chat().pending_sends().await.expect("count"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_learn_who_read_their_group_messages() {
+    let server = fast_server().await;
+    let alice_token = server.user_with_token("alice").await;
+    let bob_token = server.user_with_token("bob").await;
+    let carol_token = server.user_with_token("carol").await;
+    let mut alice = DeviceSpec::new(&server, "alice-1")
+        .login("alice", &alice_token)
+        .await;
+    let mut bob = DeviceSpec::new(&server, "bob-1")
+        .login("bob", &bob_token)
+        .await;
+    let mut carol = DeviceSpec::new(&server, "carol-1")
+        .login("carol", &carol_token)
+        .await;
+    alice
+        .groups()
+        .create(create_request("r", &["bob", "carol"]))
+        .await
+        .expect("create");
+    let g = group_conv("r");
+    let first = alice.send_group("r", "one", None).await;
+    let second = alice.send_group("r", "two", None).await;
+    assert_eq!((first.seq, second.seq), (2, 3));
+    bob.receive_exactly(3).await;
+    carol.receive_exactly(3).await;
+
+    bob.chat().mark_read(&g, None).await.expect("read");
+    let event = wait_for(&mut alice.events, "group_read", |e| {
+        matches!(e, ClientEvent::GroupRead(_))
+    })
+    .await;
+    let ClientEvent::GroupRead(event) = event else {
+        unreachable!("matched above")
+    };
+    assert_eq!(event.conversation_id, g);
+    assert_eq!(event.reader, user("bob"));
+    assert_eq!(event.read_seq, 3);
+    let counts: Vec<(u64, u32, u32)> = event
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.read_count, m.unread_count))
+        .collect();
+    assert_eq!(
+        counts,
+        [(2, 1, 1), (3, 1, 1)],
+        "the notice is not alice's message"
+    );
+
+    let receipts = |seq, read, after: Option<&str>, limit| ReadReceiptsRequest {
+        conversation_id: g.clone(),
+        seq,
+        read,
+        after: after.map(user),
+        limit,
+    };
+    let answer = alice
+        .groups()
+        .read_receipts(receipts(3, true, None, None))
+        .await
+        .expect("receipts");
+    assert_eq!(
+        (answer.seq, answer.read_count, answer.unread_count),
+        (3, 1, 1)
+    );
+    assert_eq!(answer.user_ids, Some(vec![user("bob")]));
+    assert_eq!(answer.next_after, None);
+    let answer = alice
+        .groups()
+        .read_receipts(receipts(3, false, None, None))
+        .await
+        .expect("receipts");
+    assert_eq!(answer.user_ids, Some(vec![user("carol")]));
+
+    // Carol reads only the first message: one event, for seq 2.
+    carol.chat().mark_read(&g, Some(2)).await.expect("read");
+    let event = wait_for(&mut alice.events, "group_read", |e| {
+        matches!(e, ClientEvent::GroupRead(_))
+    })
+    .await;
+    let ClientEvent::GroupRead(event) = event else {
+        unreachable!("matched above")
+    };
+    assert_eq!((event.reader.as_str(), event.read_seq), ("carol", 2));
+    let counts: Vec<(u64, u32, u32)> = event
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.read_count, m.unread_count))
+        .collect();
+    assert_eq!(counts, [(2, 2, 0)]);
+
+    // Paging the readers of seq 2, one at a time.
+    let page = alice
+        .groups()
+        .read_receipts(receipts(2, true, None, Some(1)))
+        .await
+        .expect("receipts");
+    assert_eq!((page.read_count, page.unread_count), (2, 0));
+    assert_eq!(page.user_ids, Some(vec![user("bob")]));
+    assert_eq!(page.next_after, Some(user("bob")));
+    let page = alice
+        .groups()
+        .read_receipts(receipts(2, true, Some("bob"), Some(1)))
+        .await
+        .expect("receipts");
+    assert_eq!(page.user_ids, Some(vec![user("carol")]));
+    assert_eq!(page.next_after, None);
+
+    // Bob did not send anything: no event for him; asking about a c2c conversation is refused.
+    assert_quiet(&mut bob.events, Duration::from_millis(300), |e| {
+        matches!(e, ClientEvent::GroupRead(_))
+    })
+    .await;
+    let mut c2c = receipts(1, true, None, None);
+    c2c.conversation_id = ConversationId::c2c(&user("alice"), &user("bob"));
+    let err = alice
+        .groups()
+        .read_receipts(c2c)
+        .await
+        .expect_err("not a group");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = alice
+        .groups()
+        .read_receipts(receipts(99, true, None, None))
+        .await
+        .expect_err("no such message");
+    assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_sync_counts_them() {
+    let server = fast_server().await;
+    let alice_token = server.user_with_token("alice").await;
+    let bob_token = server.user_with_token("bob").await;
+    let carol_token = server.user_with_token("carol").await;
+    let alice = DeviceSpec::new(&server, "alice-1")
+        .login("alice", &alice_token)
+        .await;
+    let mut bob = DeviceSpec::new(&server, "bob-1")
+        .login("bob", &bob_token)
+        .await;
+    let mut carol = DeviceSpec::new(&server, "carol-1")
+        .login("carol", &carol_token)
+        .await;
+    alice
+        .groups()
+        .create(create_request("noisy", &["bob", "carol"]))
+        .await
+        .expect("create");
+    let g = group_conv("noisy");
+    bob.receive_exactly(1).await;
+    carol.receive_exactly(1).await;
+    carol
+        .groups()
+        .members(all_members("noisy"))
+        .await
+        .expect("members");
+
+    carol
+        .groups()
+        .set_receive(&gid("noisy"), false)
+        .await
+        .expect("block messages");
+    let me = carol
+        .groups()
+        .cached_members(&gid("noisy"))
+        .await
+        .expect("cache")
+        .into_iter()
+        .find(|m| m.user_id == user("carol"))
+        .expect("carol's row");
+    assert!(!me.receive_messages);
+    let members = alice
+        .groups()
+        .members(all_members("noisy"))
+        .await
+        .expect("members");
+    let carol_row = members
+        .members
+        .iter()
+        .find(|m| m.user_id == user("carol"))
+        .expect("still a member");
+    assert!(!carol_row.receive_messages);
+
+    let sent = [
+        alice.send_group("noisy", "one", None).await,
+        alice.send_group("noisy", "two", None).await,
+    ];
+    assert_eq!(bob.receive_exactly(2).await, sent, "others still get them");
+    carol.receive_exactly(0).await;
+    let row = carol.conversation(&g).await;
+    assert_eq!((row.last_seq, row.unread_count), (1, 1), "nothing pushed");
+
+    // The next sync brings them, counted as unread.
+    carol
+        .restart(DeviceSpec::new(&server, "carol-1"), "carol", &carol_token)
+        .await;
+    assert_eq!(carol.synced, sent);
+    let row = carol.conversation(&g).await;
+    assert_eq!((row.last_seq, row.unread_count), (3, 3));
+
+    // Receiving again.
+    carol
+        .groups()
+        .set_receive(&gid("noisy"), true)
+        .await
+        .expect("receive again");
+    let third = alice.send_group("noisy", "three", None).await;
+    assert_eq!(carol.receive_exactly(1).await, [third]);
+    let err = server_outsider_set_receive(&server).await;
+    assert_eq!(err, Some(ErrorCode::NotGroupMember));
+}
+
+/// `group_set_receive` by a user who is not a member of the group.
+async fn server_outsider_set_receive(server: &TestServer) -> Option<ErrorCode> {
+    let token = server.user_with_token("eve").await;
+    let eve = DeviceSpec::new(server, "eve-1").login("eve", &token).await;
+    eve.groups()
+        .set_receive(&gid("noisy"), false)
+        .await
+        .err()
+        .and_then(|e| e.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_left_behind_does_not_stall_a_new_devices_sync() {
+    let server = fast_server().await;
+    let alice_token = server.user_with_token("alice").await;
+    let bob_token = server.user_with_token("bob").await;
+    let alice = DeviceSpec::new(&server, "alice-1")
+        .login("alice", &alice_token)
+        .await;
+    let bob = DeviceSpec::new(&server, "bob-1")
+        .login("bob", &bob_token)
+        .await;
+    alice
+        .groups()
+        .create(create_request("left", &["bob"]))
+        .await
+        .expect("create");
+    let mine = bob.send_group("left", "bye", None).await;
+    assert_eq!(mine.seq, 2);
+    bob.groups().leave(&gid("left")).await.expect("leave");
+    alice.send_group("left", "after bob", None).await;
+    let direct = alice
+        .chat()
+        .send(user("bob"), MessageContent::text("still friends"), None)
+        .await
+        .expect("send");
+
+    // A new device of bob's: sync finishes (login waits for it) and brings the rest.
+    let fresh = DeviceSpec::new(&server, "bob-2")
+        .platform(Platform::Web)
+        .login("bob", &bob_token)
+        .await;
+    assert_eq!(
+        fresh.synced,
+        [direct],
+        "the group's messages are not shown any more"
+    );
+    let row = fresh.conversation(&group_conv("left")).await;
+    assert_eq!(
+        (row.read_seq, row.unread_count),
+        (2, 0),
+        "what bob cannot read is not unread: {row:?}"
+    );
+    assert_eq!(row.last_seq, 2);
+    assert_eq!(
+        row.last_message, None,
+        "nothing sent after bob left is shown"
     );
 }

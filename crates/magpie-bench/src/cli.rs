@@ -18,6 +18,7 @@ use crate::report::{self, Document, Meta, plot, table};
 use crate::scenarios::Common;
 use crate::scenarios::c2c::{self, C2cOptions, LoadMode, SuiteOptions};
 use crate::scenarios::catchup::{self, CatchupOptions};
+use crate::scenarios::group::{self, GroupOptions, RunLength};
 use crate::scenarios::idle::{self, IdleOptions};
 use crate::scenarios::login::{self, LoginOptions};
 use crate::target::{self, Spawned, SpawnedCluster, Target};
@@ -39,6 +40,9 @@ pub enum Command {
     Idle(IdleArgs),
     /// One-to-one messages between U online users: throughput, latency, exactly-once checks.
     C2c(C2cArgs),
+    /// One group of M online members, S of them sending to it: per-delivery latency,
+    /// deliveries/s, exactly-once and in-order checks.
+    Group(GroupArgs),
     /// A login storm: N devices log in and finish their sync.
     Login(LoginArgs),
     /// A fresh SDK device of a user with C conversations x K new messages: time to synced.
@@ -190,6 +194,53 @@ pub struct C2cArgs {
     sweep: Vec<f64>,
 }
 
+/// `group`.
+#[derive(Debug, Args)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Online members, one connection each; the group has exactly these members.
+    #[arg(long, short = 'm', default_value_t = 1_000)]
+    members: usize,
+    /// Members that send to the group (members 0 … S-1).
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Message text size in bytes.
+    #[arg(long, short = 's', default_value_t = 100)]
+    size: usize,
+    /// Closed loop: messages in flight per sender, each until acked and delivered to every
+    /// other member.
+    #[arg(long, short = 'w', default_value_t = 4, conflicts_with = "rate")]
+    window: usize,
+    /// Open loop: total offered messages per second, all senders together (fixed timetable;
+    /// latency from the scheduled time).
+    #[arg(long, short = 'r')]
+    rate: Option<f64>,
+    /// Measured window.
+    #[arg(long, short = 'd', default_value = "20s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Load before the measured window.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Send N messages in total (split over the senders) instead of running for a duration;
+    /// the whole run, until the last one is delivered, is measured.
+    #[arg(long, short = 'n', conflicts_with_all = ["duration", "warmup"])]
+    messages: Option<u64>,
+    /// Longest wait for the last answers and deliveries after the window (with --messages:
+    /// longest time without progress).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Run the same load against the relay baseline first and report Magpie / relay.
+    #[arg(long)]
+    with_relay: bool,
+    /// Open-loop steps after the base run, as fractions of Magpie's measured acked msg/s (or
+    /// of --rate), e.g. 0.5.
+    #[arg(long, value_delimiter = ',', value_name = "FRACTIONS")]
+    sweep: Vec<f64>,
+}
+
 /// `login`.
 #[derive(Debug, Args)]
 pub struct LoginArgs {
@@ -272,6 +323,7 @@ pub async fn run(cli: Cli, fd_limit: u64) -> anyhow::Result<ExitCode> {
         }
         Command::Idle(args) => idle_cmd(args, fd_limit).await,
         Command::C2c(args) => c2c_cmd(args, fd_limit).await,
+        Command::Group(args) => group_cmd(args, fd_limit).await,
         Command::Login(args) => login_cmd(args, fd_limit).await,
         Command::Catchup(args) => catchup_cmd(args, fd_limit).await,
     }
@@ -535,6 +587,87 @@ async fn c2c_cmd(args: C2cArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
     )
 }
 
+async fn group_cmd(args: GroupArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
+    let meta = Meta::collect(fd_limit);
+    let common = common_from(&args.common);
+    let mode = match args.rate {
+        Some(rate) if rate > 0.0 => LoadMode::Open { rate },
+        Some(_) => bail!("--rate must be positive"),
+        None => LoadMode::Closed {
+            window: args.window.max(1),
+        },
+    };
+    if args.sweep.iter().any(|f| !(*f > 0.0 && f.is_finite())) {
+        bail!("--sweep fractions must be positive numbers");
+    }
+    if args.members < 2 || args.senders == 0 || args.senders > args.members {
+        bail!("a group run needs --members >= 2 and 1 <= --senders <= --members");
+    }
+    let needed = (args.members as u64) * 2 + 1_000;
+    if fd_limit < needed {
+        common.progress.note(format!(
+            "warning: the open-file limit is {fd_limit}; {} members need about {needed}",
+            args.members
+        ));
+    }
+    let relay = if args.with_relay {
+        let exe = std::env::current_exe().context("cannot locate this executable")?;
+        let relay = target::spawn_relay(&exe).await?;
+        common.progress.note(format!(
+            "spawned the relay (pid {}) at {}",
+            relay.target.pid.unwrap_or_default(),
+            relay.target.ws.url()
+        ));
+        Some(relay)
+    } else {
+        None
+    };
+    let sut = Sut::start(&args.target, &common.progress).await?;
+    let opts = group::SuiteOptions {
+        run: GroupOptions {
+            members: args.members,
+            senders: args.senders,
+            size: args.size,
+            mode,
+            length: match args.messages {
+                Some(n) => RunLength::Messages(n.max(1)),
+                None => RunLength::Time {
+                    warmup: args.warmup,
+                    duration: args.duration,
+                },
+            },
+            drain_timeout: args.drain_timeout,
+        },
+        sweep: args.sweep.clone(),
+    };
+    let result = group::suite(
+        &sut.target,
+        relay.as_ref().map(|r| &r.target),
+        &opts,
+        &common,
+    )
+    .await;
+    sut.stop(&common.progress).await;
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
+    let suite = result?;
+    if args.common.plot.is_some() {
+        common
+            .progress
+            .note("no plot: group has none (the JSON has every figure)");
+    }
+    let passed = suite.passed();
+    finish(
+        &args.common,
+        &meta,
+        "group",
+        passed,
+        &suite,
+        &table::group(&suite),
+    )
+}
+
 async fn login_cmd(args: LoginArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
     let meta = Meta::collect(fd_limit);
     let common = common_from(&args.common);
@@ -628,6 +761,49 @@ mod tests {
         assert_eq!(args.rate, Some(1000.0));
         assert!(
             Cli::try_parse_from(["magpie-bench", "c2c", "--rate", "5", "--window", "3"]).is_err()
+        );
+    }
+
+    #[test]
+    fn group_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "magpie-bench",
+            "group",
+            "--members",
+            "1000",
+            "--senders",
+            "4",
+            "--messages",
+            "500",
+            "--with-relay",
+        ])
+        .unwrap();
+        let Command::Group(args) = cli.command else {
+            panic!("not group")
+        };
+        assert_eq!((args.members, args.senders), (1000, 4));
+        assert_eq!(args.messages, Some(500));
+        assert_eq!(args.window, 4);
+        assert!(args.with_relay);
+        let cli =
+            Cli::try_parse_from(["magpie-bench", "group", "-m", "20", "--rate", "50"]).unwrap();
+        let Command::Group(args) = cli.command else {
+            panic!("not group")
+        };
+        assert_eq!(args.rate, Some(50.0));
+        assert!(
+            Cli::try_parse_from([
+                "magpie-bench",
+                "group",
+                "--messages",
+                "5",
+                "--duration",
+                "3"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["magpie-bench", "group", "--rate", "5", "--window", "3"]).is_err()
         );
     }
 

@@ -283,7 +283,8 @@ pub struct BenchTag {
     pub t: u64,
 }
 
-/// A text message to one user, encoded from borrowed parts (the hot path of the generator).
+/// A text message to one user or group, encoded from borrowed parts (the hot path of the
+/// generator).
 #[derive(Debug, Serialize)]
 pub struct SendFrame<'a> {
     /// Request id.
@@ -307,10 +308,10 @@ pub struct SendData<'a> {
     pub ext: TagExt,
 }
 
-/// `{"kind": "user", "id": …}`.
+/// `{"kind": "user" | "group", "id": …}`.
 #[derive(Debug, Serialize)]
 pub struct PeerRef<'a> {
-    /// Always `user`.
+    /// `user` or `group`.
     pub kind: &'static str,
     /// The user id.
     pub id: &'a str,
@@ -369,12 +370,13 @@ impl<'a> SendFrame<'a> {
     }
 }
 
-/// Renders [`SendFrame`]s for one (addressee, text) pair fast: for JSON the invariant parts
+/// Renders [`SendFrame`]s for one (addressee, text) pair fast (the addressee a user or a group): for JSON the invariant parts
 /// are escaped once and each frame is a few string appends (serde's escaping scan of the text
 /// was the generator's largest encoding cost); MessagePack goes through serde.
 #[derive(Clone, Debug)]
 pub struct SendTemplate {
     codec: Codec,
+    kind: &'static str,
     to: String,
     text: std::sync::Arc<str>,
     to_json: String,
@@ -382,10 +384,25 @@ pub struct SendTemplate {
 }
 
 impl SendTemplate {
-    /// A template for messages to `to` with `text`.
+    /// A template for messages to the user `to` with `text`.
     pub fn new(codec: Codec, to: &str, text: std::sync::Arc<str>) -> anyhow::Result<Self> {
+        Self::with_kind(codec, "user", to, text)
+    }
+
+    /// A template for messages to the group `group` with `text`.
+    pub fn to_group(codec: Codec, group: &str, text: std::sync::Arc<str>) -> anyhow::Result<Self> {
+        Self::with_kind(codec, "group", group, text)
+    }
+
+    fn with_kind(
+        codec: Codec,
+        kind: &'static str,
+        to: &str,
+        text: std::sync::Arc<str>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             codec,
+            kind,
             to_json: serde_json::to_string(to)?,
             text_json: serde_json::to_string(&*text)?,
             to: to.to_owned(),
@@ -401,19 +418,18 @@ impl SendTemplate {
             Codec::Json => {
                 let mut out =
                     String::with_capacity(160 + self.to_json.len() + self.text_json.len());
-                let (to, text) = (&self.to_json, &self.text_json);
+                let (kind, to, text) = (self.kind, &self.to_json, &self.text_json);
                 write!(
                     out,
-                    r#"{{"id":{id},"op":"send","data":{{"to":{{"kind":"user","id":{to}}},"client_msg_id":"k{k}","content":{{"type":"text","body":{{"text":{text}}}}},"ext":{{"b":{{"s":{s},"k":{k},"t":{t}}}}}}}}}"#
+                    r#"{{"id":{id},"op":"send","data":{{"to":{{"kind":"{kind}","id":{to}}},"client_msg_id":"k{k}","content":{{"type":"text","body":{{"text":{text}}}}},"ext":{{"b":{{"s":{s},"k":{k},"t":{t}}}}}}}}}"#
                 )?;
                 Ok(Message::text(out))
             }
             Codec::MsgPack => {
                 let client_msg_id = format!("k{k}");
-                encode(
-                    self.codec,
-                    &SendFrame::text(id, &self.to, &client_msg_id, &self.text, tag),
-                )
+                let mut frame = SendFrame::text(id, &self.to, &client_msg_id, &self.text, tag);
+                frame.data.to.kind = self.kind;
+                encode(self.codec, &frame)
             }
         }
     }
@@ -622,6 +638,17 @@ mod tests {
             let fast: ClientFrame = codec.decode(fast).unwrap();
             let slow: ClientFrame = codec.decode(slow).unwrap();
             assert_eq!(fast, slow);
+
+            let group = SendTemplate::to_group(codec, "g1", text.clone()).unwrap();
+            let frame = group.render(45, tag).unwrap();
+            let frame: ClientFrame = codec.decode(payload(&frame).unwrap()).unwrap();
+            let Request::Send(send) = frame.request else {
+                panic!("not a send");
+            };
+            assert_eq!(
+                send.to,
+                magpie_proto::Peer::Group(magpie_proto::GroupId::new("g1").unwrap())
+            );
         }
     }
 

@@ -20,7 +20,8 @@
 //!   address rotation over 127.0.0.x) and the fast partial frame decoder of the hot path.
 //! - [`relay`]: the bare WebSocket relay: no auth, no storage, same framing; the ceiling of
 //!   this machine for moving frames.
-//! - [`scenarios`]: `idle`, `c2c`, `login`, `catchup`, and the seeding helper they share.
+//! - [`scenarios`]: `idle`, `c2c`, `group`, `login`, `catchup`, and the seeding helper they
+//!   share.
 //! - [`metrics`]: HDR latency histograms, the `/proc` RSS / CPU sampler, rate counters.
 //! - [`report`]: machine facts, the summary tables, the JSON document and the SVG plots.
 //! - [`progress`]: progress bars on stderr.

@@ -9,8 +9,12 @@
 //!   `{"type":"event","event":"message","data":<the request's data, verbatim>}`, and the
 //!   sender gets `{"type":"response","id":…,"op":"send","data":{"message":<data>,"duplicate":false}}`
 //!   — frames of about the size Magpie sends (Magpie adds a few ids and a seq), so closed-loop
-//!   behaviour is comparable. Only `id`, `op` and `data.to.id` are parsed; `data` stays a
-//!   borrowed raw slice.
+//!   behaviour is comparable. Only `id`, `op`, `data.to.kind` and `data.to.id` are parsed;
+//!   `data` stays a borrowed raw slice.
+//! - A `send` whose `data.to.kind` is `"group"` is forwarded to **every** logged-in connection
+//!   except the sender's (the bench connects only the group's members, so "everyone" is the
+//!   group): the event is encoded once and its bytes shared by every recipient's queue, and the
+//!   sender is acked as above. The group id is not looked at.
 //! - `ping` is answered; anything else gets an `unknown_op` error.
 //!
 //! Each connection has a reader task and a writer task fed by an unbounded channel; the
@@ -65,6 +69,8 @@ struct SendData<'a> {
 
 #[derive(Deserialize)]
 struct To<'a> {
+    #[serde(borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     id: std::borrow::Cow<'a, str>,
 }
@@ -220,13 +226,28 @@ fn handle(
             if me.is_none() {
                 return Some(error(id, Some("send"), 2000, "log in first"));
             }
-            let delivered = registry.by_id.get(send.to.id.as_ref()).map(|entry| {
-                let event = format!(
+            let event = || {
+                Message::text(format!(
                     r#"{{"type":"event","event":"message","data":{}}}"#,
                     data.get()
-                );
-                entry.1.send(Message::text(event)).is_ok()
-            });
+                ))
+            };
+            let delivered = if send.to.kind.as_deref() == Some("group") {
+                // One encoding; each queue gets a clone of the same shared bytes.
+                let event = event();
+                for entry in registry.by_id.iter() {
+                    let (other, outbox) = entry.value();
+                    if *other != conn_id {
+                        let _ = outbox.send(event.clone());
+                    }
+                }
+                Some(true)
+            } else {
+                registry
+                    .by_id
+                    .get(send.to.id.as_ref())
+                    .map(|entry| entry.1.send(event()).is_ok())
+            };
             match delivered {
                 Some(true) => Some(format!(
                     r#"{{"type":"response","id":{},"op":"send","data":{{"message":{},"duplicate":false}}}}"#,
@@ -312,5 +333,36 @@ mod tests {
         let to_nobody = send.replace(r#""id":"b""#, r#""id":"z""#);
         let err = handle(&to_nobody, 1, &a_tx, &registry, &mut a).unwrap();
         assert!(err.contains("3001"), "{err}");
+    }
+
+    #[test]
+    fn group_sends_reach_everyone_but_the_sender() {
+        let registry = Registry::default();
+        let login =
+            |u: &str| format!(r#"{{"id":1,"op":"login","data":{{"user_id":"{u}","token":"x"}}}}"#);
+        let mut queues = Vec::new();
+        for (i, user) in ["a", "b", "c"].into_iter().enumerate() {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let mut me = None;
+            handle(&login(user), i as u64 + 1, &tx, &registry, &mut me).unwrap();
+            queues.push((tx, rx, me));
+        }
+        let send = r#"{"id":7,"op":"send","data":{"to":{"kind":"group","id":"g1"},"client_msg_id":"k0","content":{"type":"text","body":{"text":"hi"}},"ext":{"b":{"s":0,"k":3,"t":5}}}}"#;
+        let (tx, _, me) = &mut queues[0];
+        let ack = handle(send, 1, &tx.clone(), &registry, me).unwrap();
+        let ack =
+            crate::client::FastFrame::decode(magpie_proto::Codec::Json, ack.as_bytes()).unwrap();
+        assert_eq!(ack.id, Some(7));
+        assert!(queues[0].1.try_recv().is_err(), "no echo to the sender");
+        for (_, rx, _) in &mut queues[1..] {
+            let event = rx.try_recv().unwrap();
+            let event = crate::client::FastFrame::decode(
+                magpie_proto::Codec::Json,
+                event.to_text().unwrap().as_bytes(),
+            )
+            .unwrap();
+            assert_eq!(event.event_tag().unwrap().k, 3);
+            assert!(rx.try_recv().is_err(), "exactly once");
+        }
     }
 }

@@ -1,14 +1,18 @@
 //! Users and tokens through the REST API (`docs/PROTOCOL.md` §8), created concurrently.
 //!
 //! Every scenario that logs devices in first creates its users and issues one token per user
-//! here. A user that already exists (409) counts as created, so a scenario can be re-run
+//! here; `group` also creates its group and adds the members here, as an app backend would. A user that already exists (409) counts as created, so a scenario can be re-run
 //! against the same server.
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use futures_util::StreamExt;
+use magpie_proto::group::{
+    CreateGroupRequest, GroupInfo, GroupOptionsPatch, InviteOutcome, InviteResponse,
+};
 use magpie_proto::rest::IssuedToken;
+use magpie_proto::{GroupId, UserId};
 use serde_json::json;
 
 use crate::progress::Progress;
@@ -86,6 +90,105 @@ impl Admin {
         Ok(issued.token)
     }
 
+    /// Creates a group owned by `owner` with up to 100 further `members` (`POST /v1/groups`,
+    /// the backend's way: no invitations to accept). `max_members` raises the group's limit
+    /// (up to the server's) when given.
+    pub async fn create_group(
+        &self,
+        group_id: &str,
+        owner: &str,
+        members: &[String],
+        max_members: Option<u32>,
+    ) -> anyhow::Result<GroupInfo> {
+        let request = CreateGroupRequest {
+            group_id: Some(
+                GroupId::new(group_id).map_err(|e| anyhow!("group id {group_id:?}: {e}"))?,
+            ),
+            name: group_id.to_owned(),
+            avatar_url: None,
+            introduction: None,
+            ext: None,
+            options: GroupOptionsPatch {
+                max_members,
+                ..GroupOptionsPatch::default()
+            },
+            members: user_ids(members)?,
+            owner: Some(UserId::new(owner).map_err(|e| anyhow!("user id {owner:?}: {e}"))?),
+        };
+        let response = self
+            .http
+            .post(format!("{}/v1/groups", self.base))
+            .bearer_auth(&self.secret)
+            .json(&request)
+            .send()
+            .await
+            .with_context(|| format!("POST /v1/groups {group_id}"))?;
+        let status = response.status().as_u16();
+        if status != 201 {
+            let body = response.text().await.unwrap_or_default();
+            bail!("creating group {group_id}: HTTP {status}: {body}");
+        }
+        response
+            .json()
+            .await
+            .with_context(|| format!("group answer for {group_id}"))
+    }
+
+    /// Adds up to 100 users to a group (`POST /v1/groups/{id}/members`); fails unless each
+    /// one is added (or was a member already).
+    pub async fn add_group_members(&self, group_id: &str, users: &[String]) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}/v1/groups/{group_id}/members", self.base))
+            .bearer_auth(&self.secret)
+            .json(&json!({ "user_ids": users }))
+            .send()
+            .await
+            .with_context(|| format!("POST /v1/groups/{group_id}/members"))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body = response.text().await.unwrap_or_default();
+            bail!("adding members to {group_id}: HTTP {status}: {body}");
+        }
+        let answer: InviteResponse = response
+            .json()
+            .await
+            .with_context(|| format!("members answer for {group_id}"))?;
+        if let Some(refused) = answer.results.iter().find(|r| {
+            !matches!(
+                r.outcome,
+                InviteOutcome::Added | InviteOutcome::AlreadyMember
+            )
+        }) {
+            bail!(
+                "adding {} to {group_id}: {:?}",
+                refused.user_id,
+                refused.outcome
+            );
+        }
+        Ok(())
+    }
+
+    /// A group's info (`GET /v1/groups/{id}`).
+    pub async fn group(&self, group_id: &str) -> anyhow::Result<GroupInfo> {
+        let response = self
+            .http
+            .get(format!("{}/v1/groups/{group_id}", self.base))
+            .bearer_auth(&self.secret)
+            .send()
+            .await
+            .with_context(|| format!("GET /v1/groups/{group_id}"))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let body = response.text().await.unwrap_or_default();
+            bail!("reading group {group_id}: HTTP {status}: {body}");
+        }
+        response
+            .json()
+            .await
+            .with_context(|| format!("group answer for {group_id}"))
+    }
+
     /// Creates every user and issues one token each, `concurrency` calls at a time, with a
     /// progress bar. Returns the tokens in the order of `ids`.
     pub async fn users_with_tokens(
@@ -116,4 +219,10 @@ impl Admin {
         results.sort_by_key(|(i, _)| *i);
         results.into_iter().map(|(_, r)| r).collect()
     }
+}
+
+fn user_ids(ids: &[String]) -> anyhow::Result<Vec<UserId>> {
+    ids.iter()
+        .map(|id| UserId::new(id.as_str()).map_err(|e| anyhow!("user id {id:?}: {e}")))
+        .collect()
 }

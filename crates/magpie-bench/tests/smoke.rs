@@ -1,5 +1,5 @@
 //! A tiny run of every scenario against an in-process server (and the in-process relay), and
-//! of `c2c` and `login` through an in-process two-node cluster on a real PostgreSQL and NATS
+//! of `c2c`, `group` and `login` through an in-process two-node cluster on a real PostgreSQL and NATS
 //! (skipped, saying why, when they are not installed — unless `MAGPIE_REQUIRE_SERVICES=1`).
 //! Checks counts and correctness only: speed is measured with the release binary, never here.
 
@@ -12,6 +12,7 @@ use magpie_bench::relay;
 use magpie_bench::scenarios::Common;
 use magpie_bench::scenarios::c2c::{self, C2cOptions, LoadMode, SuiteOptions};
 use magpie_bench::scenarios::catchup::{self, CatchupOptions};
+use magpie_bench::scenarios::group::{self, GroupOptions, RunLength};
 use magpie_bench::scenarios::idle::{self, IdleOptions};
 use magpie_bench::scenarios::login::{self, LoginOptions};
 use magpie_bench::target::Target;
@@ -130,6 +131,122 @@ async fn c2c_against_the_relay_and_magpie_delivers_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_against_the_relay_and_magpie_reaches_every_member_once() {
+    let server = server().await;
+    let magpie = target(&server).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_target = Target::relay(listener.local_addr().unwrap(), None);
+    let stop = CancellationToken::new();
+    let relay_task = tokio::spawn(relay::serve(listener, stop.clone()));
+
+    // 20 members, 2 senders: a closed loop for a second, then an open-loop step at half of it
+    // (more than 100 members would also exercise the REST batches; 20 keeps the test quick).
+    let opts = group::SuiteOptions {
+        run: GroupOptions {
+            members: 20,
+            senders: 2,
+            size: 64,
+            mode: LoadMode::Closed { window: 2 },
+            length: RunLength::Time {
+                warmup: Duration::from_millis(200),
+                duration: Duration::from_secs(1),
+            },
+            drain_timeout: Duration::from_secs(10),
+        },
+        sweep: vec![0.5],
+    };
+    let suite = group::suite(&magpie, Some(&relay_target), &opts, &common())
+        .await
+        .unwrap();
+
+    // A fixed number of messages, open loop.
+    let counted = GroupOptions {
+        mode: LoadMode::Open { rate: 50.0 },
+        length: RunLength::Messages(15),
+        ..opts.run.clone()
+    };
+    let counted = group::run(&magpie, &counted, &common(), "count")
+        .await
+        .unwrap();
+    stop.cancel();
+    relay_task.await.unwrap();
+
+    let runs = [
+        suite.relay.as_ref().unwrap(),
+        &suite.magpie,
+        &suite.sweep_relay[0].run,
+        &suite.sweep_magpie[0].run,
+        &counted,
+    ];
+    for run in runs {
+        let c = &run.correctness;
+        assert!(run.totals.sent > 0, "{:?} sent nothing", run.target);
+        assert_eq!(
+            run.totals.send_errors, 0,
+            "{:?}: {:?}",
+            run.target, c.first_error
+        );
+        assert_eq!(run.totals.acked, run.totals.sent, "{:?}", run.target);
+        assert_eq!(
+            run.totals.delivered,
+            run.totals.acked * 19,
+            "{:?}: every message reaches the 19 other members",
+            run.target
+        );
+        assert_eq!(
+            run.totals.notices, 0,
+            "the group was filled before connecting"
+        );
+        assert_eq!(
+            (
+                c.lost,
+                c.messages_not_reaching_all,
+                c.duplicated,
+                c.reordered,
+                c.out_of_group_order,
+                c.seq_mismatch,
+                c.seq_collisions,
+                c.seq_gaps,
+                c.misdelivered,
+                c.undecodable,
+                c.closed_by_server,
+            ),
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            "{:?}: {c:?}",
+            run.target
+        );
+        assert!(
+            run.latency.count > 0,
+            "{:?} recorded no latency",
+            run.target
+        );
+        assert!(run.reached_all_latency.count > 0);
+        assert!(run.reached_all_latency.count <= run.latency.count / 19);
+        assert!(run.server.is_none(), "no pid in-process");
+        assert!(run.generator.is_some());
+        assert!(run.passed());
+    }
+    assert_eq!(counted.totals.sent, 15);
+    assert_eq!(counted.totals.delivered, 15 * 19);
+    assert_eq!(
+        counted.latency.count,
+        15 * 19,
+        "a counted run is measured whole"
+    );
+    assert!(matches!(
+        suite.sweep_magpie[0].run.load,
+        LoadMode::Open { .. }
+    ));
+    assert!(suite.ratio_to_relay.unwrap() > 0.0);
+    // One latency line per Magpie run and the throughput line, each judged.
+    assert_eq!(suite.budget.len(), 3);
+    assert!(suite.budget.iter().all(|line| line.met.is_some()));
+    assert!(suite.passed());
+    let summary = magpie_bench::report::table::group(&suite);
+    assert!(summary.contains("budget:"), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_storm_syncs_every_device() {
     let server = server().await;
     let target = target(&server).await;
@@ -213,9 +330,9 @@ async fn two_node_cluster(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn c2c_and_login_through_a_two_node_cluster() {
+async fn c2c_group_and_login_through_a_two_node_cluster() {
     let Some((postgres, nats, nodes)) =
-        two_node_cluster("c2c_and_login_through_a_two_node_cluster").await
+        two_node_cluster("c2c_group_and_login_through_a_two_node_cluster").await
     else {
         return;
     };
@@ -271,6 +388,43 @@ async fn c2c_and_login_through_a_two_node_cluster() {
         assert!(run.latency.count > 0);
     }
     assert!(suite.passed());
+
+    // group: members alternate between the nodes, so each message crosses NATS to half of
+    // them.
+    let opts = GroupOptions {
+        members: 10,
+        senders: 2,
+        size: 64,
+        mode: LoadMode::Closed { window: 2 },
+        length: RunLength::Time {
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_secs(1),
+        },
+        drain_timeout: Duration::from_secs(10),
+    };
+    let run = group::run(&target, &opts, &common(), "cluster")
+        .await
+        .unwrap();
+    let c = &run.correctness;
+    assert!(run.totals.sent > 0, "sent nothing");
+    assert_eq!(run.totals.send_errors, 0, "{:?}", c.first_error);
+    assert_eq!(run.totals.delivered, run.totals.acked * 9);
+    assert_eq!(
+        (
+            c.lost,
+            c.duplicated,
+            c.seq_mismatch,
+            c.seq_collisions,
+            c.seq_gaps,
+            c.misdelivered,
+            c.closed_by_server
+        ),
+        (0, 0, 0, 0, 0, 0, 0),
+        "{c:?}"
+    );
+    assert!(c.arrived_out_of_order.is_some());
+    assert_eq!(run.cluster.as_ref().unwrap().clients_per_node, vec![5, 5]);
+    assert!(run.passed());
 
     // login: devices alternate between the nodes, seeders too.
     let opts = LoginOptions {

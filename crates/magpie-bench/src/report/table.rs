@@ -6,6 +6,7 @@ use crate::metrics::{Percentiles, ProcReport, ServiceReport, fmt_bytes, fmt_us};
 use crate::scenarios::ClusterLayout;
 use crate::scenarios::c2c::{C2cRun, C2cSuite, LoadMode, SweepPoint};
 use crate::scenarios::catchup::CatchupReport;
+use crate::scenarios::group::{GroupRun, GroupSuite};
 use crate::scenarios::idle::IdleReport;
 use crate::scenarios::login::LoginReport;
 
@@ -294,6 +295,185 @@ pub fn c2c(suite: &C2cSuite) -> String {
         (true, Some(n)) => format!(
             "every acked message delivered exactly once with its acked seq, no seq twice per conversation ({n} arrivals out of order across nodes)"
         ),
+    };
+    let _ = writeln!(out, "\ncorrectness: {verdict}");
+    out
+}
+
+fn group_row(name: &str, run: &GroupRun) -> Vec<String> {
+    let c = &run.correctness;
+    let [p50, p90, p99, p999, max] = pct(&run.latency);
+    let [cpu, rss] = proc_cells(run.server.as_ref());
+    let [gcpu, _] = proc_cells(run.generator.as_ref());
+    vec![
+        name.to_owned(),
+        run.load.describe(),
+        rate(run.acked_per_sec),
+        rate(run.delivered_per_sec),
+        p50,
+        p90,
+        p99,
+        p999,
+        max,
+        fmt_us(run.reached_all_latency.p99_us),
+        format!("{}/{}/{}", c.lost, c.duplicated, c.reordered),
+        run.totals.send_errors.to_string(),
+        cpu,
+        rss,
+        gcpu,
+    ]
+}
+
+const GROUP_HEADERS: [&str; 15] = [
+    "target",
+    "load",
+    "msg/s",
+    "deliv/s",
+    "p50",
+    "p90",
+    "p99",
+    "p99.9",
+    "max",
+    "all p99",
+    "lost/dup/reord",
+    "errors",
+    "srv cpu",
+    "srv rss",
+    "gen cpu",
+];
+
+/// The group summary: relay, Magpie, the ratio, any sweep, and the budget.
+pub fn group(suite: &GroupSuite) -> String {
+    let m = &suite.magpie;
+    let length = match m.messages {
+        Some(n) => format!(
+            "{n} messages, {:.1} s from first send to last delivery",
+            m.duration_s
+        ),
+        None => format!(
+            "{:.1} s measured after {:.1} s warmup",
+            m.duration_s, m.warmup_s
+        ),
+    };
+    let mut out = format!(
+        "group: {} members online (one group, {} recipients per message), {} sending, {} B text, {length}\n\
+         latency = send -> each recipient's receive{}; all p99 = send -> last recipient, per message; msg/s = acked\n\n",
+        m.members,
+        m.recipients(),
+        m.senders,
+        m.size,
+        if matches!(m.load, LoadMode::Open { .. }) {
+            " (from the scheduled send time)"
+        } else {
+            ""
+        }
+    );
+    let mut table = Table::new(&GROUP_HEADERS);
+    if let Some(relay) = &suite.relay {
+        table.row(group_row("relay", relay));
+    }
+    table.row(group_row("magpie", m));
+    let mut sweep: Vec<(&str, &crate::scenarios::group::SweepPoint)> = suite
+        .sweep_relay
+        .iter()
+        .map(|p| ("relay", p))
+        .chain(suite.sweep_magpie.iter().map(|p| ("magpie", p)))
+        .collect();
+    sweep.sort_by(|a, b| a.1.offered_per_sec.total_cmp(&b.1.offered_per_sec));
+    for (name, point) in &sweep {
+        table.row(group_row(
+            &format!("{name} {:.0}%", point.fraction * 100.0),
+            &point.run,
+        ));
+    }
+    out.push_str(&table.render());
+    if m.cluster.is_some() {
+        out.push('\n');
+        cluster_lines(&mut out, m.cluster.as_ref());
+        if let Some(line) = service_line("backing services (magpie)", &m.services) {
+            out.push_str(&line);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nack latency (send -> ack) magpie: p50 {} p99 {} max {}",
+        fmt_us(m.ack_latency.p50_us),
+        fmt_us(m.ack_latency.p99_us),
+        fmt_us(m.ack_latency.max_us)
+    );
+    let runs = suite
+        .relay
+        .iter()
+        .map(|r| ("relay".to_owned(), r))
+        .chain(std::iter::once(("magpie".to_owned(), m)))
+        .chain(
+            sweep
+                .iter()
+                .map(|(name, p)| (format!("{name} {:.0}%", p.fraction * 100.0), &p.run)),
+        );
+    for (name, run) in runs {
+        let c = &run.correctness;
+        let _ = writeln!(
+            out,
+            "{name}: sent {} acked {} delivered {} of {} expected; notices {}",
+            run.totals.sent,
+            run.totals.acked,
+            run.totals.delivered,
+            run.totals.acked * run.recipients() as u64,
+            run.totals.notices
+        );
+        if let Some(e) = &c.first_error {
+            let _ = writeln!(out, "{name}: first error answer: {e}");
+        }
+        if let Some(n) = c.arrived_out_of_order.filter(|n| *n > 0) {
+            let _ = writeln!(
+                out,
+                "{name}: {n} deliveries arrived after a newer message of the same sender, {} out of group order (cluster: not a failure, clients order by seq)",
+                c.out_of_group_order
+            );
+        }
+        if !c.ok() || c.unanswered > 0 {
+            let _ = writeln!(
+                out,
+                "{name}: CORRECTNESS lost {} (messages not reaching everyone {}) duplicated {} reordered {} (seq going backwards {}) out-of-group-order {} seqs out of send order {} seq-mismatch {} seq-collisions {} seq-gaps {} misdelivered {} undecodable {} unanswered {} closed-by-server {} (first close code {:?})",
+                c.lost,
+                c.messages_not_reaching_all,
+                c.duplicated,
+                c.reordered,
+                c.delivered_seq_backwards,
+                c.out_of_group_order,
+                c.seqs_out_of_send_order,
+                c.seq_mismatch,
+                c.seq_collisions,
+                c.seq_gaps,
+                c.misdelivered,
+                c.undecodable,
+                c.unanswered,
+                c.closed_by_server,
+                c.first_close_code,
+            );
+        }
+    }
+    if let Some(ratio) = suite.ratio_to_relay {
+        let _ = writeln!(out, "\nmagpie / relay deliveries/s: {ratio:.3}");
+    }
+    out.push_str("\nbudget:\n");
+    for line in &suite.budget {
+        let verdict = match line.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            out,
+            "  {}: {} [{}] -> {verdict}",
+            line.budget, line.measured, line.run
+        );
+    }
+    let verdict = if suite.passed() {
+        "every acked message delivered exactly once to every other member, in send order"
+    } else {
+        "FAILED"
     };
     let _ = writeln!(out, "\ncorrectness: {verdict}");
     out

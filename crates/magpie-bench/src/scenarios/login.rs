@@ -322,11 +322,13 @@ async fn device(
         .await
         .context("login")?;
     let login_us = base.elapsed().as_micros() as u64;
-    let mut since = 0;
+    // Both cursors, as a device keeps them: its own changes and its groups' activity.
+    let (mut since, mut groups_since) = (0, 0);
     let mut conversations = Vec::new();
     loop {
         let request = Request::Sync(SyncRequest {
             since,
+            groups_since,
             limit: Some(100),
         });
         let Response::Sync(page) = conn.request(request).await.context("sync")? else {
@@ -334,6 +336,7 @@ async fn device(
         };
         conversations.extend(page.conversations);
         since = page.version;
+        groups_since = page.groups_version;
         if !page.has_more {
             break;
         }

@@ -5,6 +5,8 @@
 //! - [`idle`]: N authenticated connections held open; server RSS per connection.
 //! - [`c2c`]: U online users sending one-to-one messages, closed- or open-loop; latency,
 //!   throughput, exactly-once / in-order checks; relay baseline and load sweeps.
+//! - [`group`]: M online members of one group, S of them sending to it; per-delivery latency,
+//!   deliveries/s, exactly-once / in-order checks per (recipient, sender); relay baseline.
 //! - [`login`]: a login storm where every device finishes its sync.
 //! - [`catchup`]: a fresh SDK device of a user with C conversations × K new messages.
 //! - [`seed`]: pipelined message seeding through the protocol, shared by `login` and
@@ -12,6 +14,7 @@
 
 pub mod c2c;
 pub mod catchup;
+pub mod group;
 pub mod idle;
 pub mod login;
 pub mod seed;

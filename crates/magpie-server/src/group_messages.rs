@@ -417,7 +417,9 @@ impl App {
         Ok(answer)
     }
 
-    /// `group_set_receive`: the caller receives the group's messages or not.
+    /// `group_set_receive`: the caller receives the group's messages or not. Only the caller's
+    /// devices are told (`member_info_changed`): whether someone blocked a group is their own
+    /// business. Other members' caches see the version move and re-read when they next care.
     pub async fn set_group_receive(
         &self,
         user: &UserId,
@@ -425,25 +427,40 @@ impl App {
         receive: bool,
     ) -> Result<()> {
         let actor = crate::groups::Actor::User(user.clone());
-        self.change_group(
-            &actor,
-            group,
-            |standing, _| {
-                standing.require_member()?;
-                Ok((
-                    magpie_store::GroupWrite::UpdateMembers {
-                        user_ids: vec![user.clone()],
-                        update: magpie_store::MemberUpdate {
-                            receive_messages: Some(receive),
-                            ..Default::default()
+        let (record, ()) = self
+            .change_group(
+                &actor,
+                group,
+                |standing, _| {
+                    standing.require_member()?;
+                    Ok((
+                        magpie_store::GroupWrite::UpdateMembers {
+                            user_ids: vec![user.clone()],
+                            update: magpie_store::MemberUpdate {
+                                receive_messages: Some(receive),
+                                ..Default::default()
+                            },
                         },
-                    },
-                    (),
-                ))
-            },
-            &[],
-        )
-        .await?;
+                        (),
+                    ))
+                },
+                &[],
+            )
+            .await?;
+        if let Some(member) = self
+            .store
+            .group_members_by_id(group, std::slice::from_ref(user))
+            .await?
+            .pop()
+        {
+            self.tell(
+                std::slice::from_ref(user),
+                group,
+                record.info.version,
+                &actor,
+                magpie_proto::group::GroupChange::MemberInfoChanged { member },
+            );
+        }
         Ok(())
     }
 }

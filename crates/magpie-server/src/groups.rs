@@ -359,7 +359,7 @@ impl App {
     }
 
     /// Sends one `group` event to `users` on every node.
-    fn tell(
+    pub(crate) fn tell(
         &self,
         users: &[UserId],
         group: &GroupId,
@@ -735,13 +735,11 @@ impl App {
             )
             .await?;
         if !added.is_empty() {
-            self.tell_members(
-                &record,
-                actor,
-                GroupChange::MembersJoined { members: added },
-                &[],
-            )
-            .await?;
+            // As stored: the store sets each new member's join point.
+            let ids: Vec<UserId> = added.into_iter().map(|m| m.user_id).collect();
+            let members = self.store.group_members_by_id(group, &ids).await?;
+            self.tell_members(&record, actor, GroupChange::MembersJoined { members }, &[])
+                .await?;
         }
         Ok(record)
     }

@@ -296,6 +296,10 @@ async fn new_members_read_from_their_join_point_unless_history_is_shown() {
     send(&mut c[0], "team", "m1", "before bob").await;
     send(&mut c[0], "team", "m2", "also before bob").await;
     c[1].ok("group_join", json!({"group_id": "team"})).await;
+    // The owner hears of it with Bob's membership as stored: his join point is after seq 3.
+    let event = c[0].event("group").await;
+    assert_eq!(event["change"], "members_joined");
+    assert_eq!(event["members"][0]["visible_from_seq"], 4);
     // Bob's first line is the notice of his own joining (pushed to him before his answer).
     let joined = history(&mut c[1], "team").await.remove(0);
     assert_eq!(joined["content"]["body"]["kind"], "member_joined");
@@ -494,7 +498,9 @@ async fn large_groups_answer_read_counts_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_keeps_the_count() {
-    let (_server, mut c) = setup(&["alice", "bob"]).await;
+    let (server, mut c) = setup(&["alice", "bob"]).await;
+    let token = server.token("bob").await;
+    let mut bob_desk = server.raw_login("bob", &token, "desk", "linux").await;
     create(&mut c[0], "team", &["bob"], json!({})).await;
     next_message_of(&mut c[1], "group_notice").await;
     c[1].ok(
@@ -502,6 +508,15 @@ async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_keeps_the_coun
         json!({"group_id": "team", "receive": false}),
     )
     .await;
+    // Bob's other device is told; nobody else is.
+    let mut event = bob_desk.event("group").await;
+    if event["change"] == "created" {
+        event = bob_desk.event("group").await;
+    }
+    assert_eq!(event["change"], "member_info_changed", "{event}");
+    assert_eq!(event["member"]["receive_messages"], false);
+    let others = c[0].frames_within(Duration::from_millis(300)).await;
+    assert!(!others.iter().any(|f| f["event"] == "group"), "{others:?}");
     send(&mut c[0], "team", "m1", "quiet please").await;
     assert!(
         messages_within(&mut c[1], Duration::from_millis(400))

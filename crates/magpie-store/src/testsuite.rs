@@ -80,6 +80,7 @@ macro_rules! store_test_suite {
             group_messages_are_stored_once_and_found_through_the_activity_clock,
             new_members_start_at_their_join_point,
             mentions_mark_the_mentioned_until_they_read,
+            former_members_lose_the_group_conversation,
         );
     };
     (@tests $backend:ty; $($name:ident),* $(,)?) => {
@@ -2504,4 +2505,56 @@ pub async fn mentions_mark_the_mentioned_until_they_read<B: Backend>(b: &B) {
     assert_eq!(history.messages[1].mentions, None);
     let read = store.mark_read(&uid("carol"), &grp, 3, 6).await.unwrap();
     assert!(!read.state.mentioned);
+}
+
+pub async fn former_members_lose_the_group_conversation<B: Backend>(b: &B) {
+    let store = b.open().await;
+    create_users(&store, &["alice", "bob"]).await;
+    let grp = ConversationId::group(&gid("g"));
+    store
+        .create_group(
+            new_group("g", "alice", &["bob"], GroupOptions::default()),
+            1,
+        )
+        .await
+        .unwrap();
+    append_ok(&store, group_message("alice", "g", "m1", &["bob"], false)).await;
+    store.mark_read(&uid("bob"), &grp, 1, 5).await.unwrap();
+    let before = store
+        .changed_conversations(&uid("bob"), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(before.conversations.len(), 1);
+    write(&store, "g", GroupWrite::RemoveMembers(vec![uid("bob")])).await;
+    append_ok(&store, group_message("alice", "g", "m2", &[], false)).await;
+    // Nothing of the group is visible to Bob any more, neither by row nor by membership.
+    assert_eq!(
+        store.conversation_state(&uid("bob"), &grp).await.unwrap(),
+        None
+    );
+    assert!(group_sync(&store, "bob", 0).await.0.is_empty());
+    let after = store
+        .changed_conversations(&uid("bob"), 0, 100)
+        .await
+        .unwrap();
+    assert!(after.conversations.is_empty());
+    // His change counter never goes back: the next change is above every cursor he was given.
+    assert!(after.version >= before.version);
+    append_ok(&store, new_message("alice", "bob", "c1", "hi", 100)).await;
+    let next = store
+        .changed_conversations(&uid("bob"), before.version, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        next.conversations.len(),
+        1,
+        "a change after the removal is seen"
+    );
+    // Destroying a group forgets every member's row.
+    append_ok(&store, group_message("alice", "g", "m3", &[], false)).await;
+    write(&store, "g", GroupWrite::Destroy).await;
+    assert_eq!(
+        store.conversation_state(&uid("alice"), &grp).await.unwrap(),
+        None
+    );
 }

@@ -522,6 +522,15 @@ async fn delete_members<C: GenericClient + Sync>(
         return Ok(0);
     }
     let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    // A former member must not see later messages through their conversation state. (The
+    // change counter lives in `users.sync_version`: deleting rows never lowers it.)
+    execute(
+        client,
+        statements,
+        "DELETE FROM user_conversations WHERE conversation_id = $1 AND user_id = ANY($2::text[])",
+        &[&ConversationId::group(group).as_str(), &ids],
+    )
+    .await?;
     let deleted = execute(
         client,
         statements,
@@ -785,6 +794,13 @@ pub(super) async fn write_group(
             groups::apply_increment(&mut record, key, delta)?;
         }
         GroupWrite::Destroy => {
+            execute(
+                &tx,
+                statements,
+                "DELETE FROM user_conversations WHERE conversation_id = $1",
+                &[&ConversationId::group(id).as_str()],
+            )
+            .await?;
             for sql in [
                 "DELETE FROM group_members WHERE group_id = $1",
                 "DELETE FROM group_blocks WHERE group_id = $1",

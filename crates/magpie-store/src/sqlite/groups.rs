@@ -591,12 +591,15 @@ fn save_member(conn: &Connection, group: &GroupId, m: &GroupMember) -> StoreResu
     Ok(())
 }
 
-/// Deletes the members among `users`; returns how many there were.
+/// Deletes the members among `users`, and their rows of the group conversation (a former
+/// member must not see later messages through their conversation state); returns how many
+/// members there were.
 fn delete_members(conn: &Connection, group: &GroupId, users: &[UserId]) -> StoreResult<u32> {
     if users.is_empty() {
         return Ok(0);
     }
     let ids = json_ids(users.iter().map(UserId::as_str))?;
+    forget_group_rows(conn, group, Some(&ids))?;
     let deleted = conn
         .prepare_cached(
             "DELETE FROM group_members WHERE group_id = ?1 \
@@ -604,6 +607,27 @@ fn delete_members(conn: &Connection, group: &GroupId, users: &[UserId]) -> Store
         )?
         .execute((group.as_str(), ids))?;
     u32::try_from(deleted).map_err(StoreError::internal)
+}
+
+/// Deletes the group conversation's rows of `users` (a JSON array of ids), or of everyone.
+/// A user's change counter is the largest version on their rows, so it is kept in
+/// `users.sync_version` first: it must never go back, or a device's cursor would hide the next
+/// changes.
+fn forget_group_rows(conn: &Connection, group: &GroupId, users: Option<&str>) -> StoreResult<()> {
+    let conversation = ConversationId::group(group);
+    conn.prepare_cached(
+        "UPDATE users SET sync_version = max(sync_version, \
+           (SELECT MAX(uc.version) FROM user_conversations uc WHERE uc.user_id = users.id)) \
+         WHERE id IN (SELECT user_id FROM user_conversations WHERE conversation_id = ?1 \
+           AND (?2 IS NULL OR user_id IN (SELECT value FROM json_each(?2))))",
+    )?
+    .execute((conversation.as_str(), users))?;
+    conn.prepare_cached(
+        "DELETE FROM user_conversations WHERE conversation_id = ?1 \
+           AND (?2 IS NULL OR user_id IN (SELECT value FROM json_each(?2)))",
+    )?
+    .execute((conversation.as_str(), users))?;
+    Ok(())
 }
 
 /// Inserts the group row, or writes every column of it but its id and creation time.
@@ -810,6 +834,7 @@ fn write_group(
             groups::apply_increment(&mut record, key, delta)?;
         }
         GroupWrite::Destroy => {
+            forget_group_rows(conn, id, None)?;
             for sql in [
                 "DELETE FROM group_members WHERE group_id = ?1",
                 "DELETE FROM group_blocks WHERE group_id = ?1",

@@ -363,9 +363,9 @@ impl State {
 
     /// Applies one write; returns its completion and its error, if any.
     fn apply(&mut self, op: WriteOp) -> (Completion, Option<StoreError>) {
-        // Anything but an append may read conversation rows: bring them up to date first.
-        // (Group writes read none: they leave the batch's rows pending.)
-        if !matches!(op, WriteOp::Append(..) | WriteOp::Group(..))
+        // Anything but an append may read or delete conversation rows: bring them up to date
+        // first.
+        if !matches!(op, WriteOp::Append(..))
             && let Err(e) = self.flush_rows()
         {
             let error = StoreError::new(e.kind(), e.message());

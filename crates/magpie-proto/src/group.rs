@@ -898,15 +898,18 @@ pub struct MessageReadCount {
     pub unread_count: u32,
 }
 
-/// The `group_read` event: a member read up to `read_seq`; new counts of the recipient's
-/// messages that this covered (the newest 100 at most, so the event stays small).
+/// The `group_read` event: members read some of the recipient's group messages; the new counts
+/// of those messages (the newest 100 at most, so the event stays small). In groups up to the
+/// server's `groups.read_receipt_members` it comes for each read and names the reader; in
+/// larger groups at most once a second per group, for everyone who read meanwhile.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct GroupReadEvent {
     /// The group conversation.
     pub conversation_id: ConversationId,
-    /// Who read.
-    pub reader: UserId,
-    /// Up to which seq.
+    /// Who read (absent when the event sums up several readers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader: Option<UserId>,
+    /// Up to which seq the reads reached.
     pub read_seq: u64,
     /// The recipient's messages whose count changed, ascending by seq.
     pub messages: Vec<MessageReadCount>,

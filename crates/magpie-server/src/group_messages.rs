@@ -34,6 +34,8 @@ const ROSTER_CACHE_LIMIT: usize = 10_000;
 const NOTICE_USERS: usize = 100;
 /// Most messages one `group_read` event reports.
 const READ_EVENT_MESSAGES: u32 = 100;
+/// How often a group too large for read receipt lists announces read counts.
+const READ_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One member, as sending and fan-out need them.
 #[derive(Clone, Debug)]
@@ -117,6 +119,9 @@ impl Roster {
         self.members.len()
     }
 }
+
+/// Read ranges of large groups waiting for their next read-count announcement.
+pub(crate) type ReadCountsDue = Mutex<HashMap<GroupId, (u64, u64)>>;
 
 /// The rosters this node has read, by group.
 #[derive(Debug, Default)]
@@ -292,18 +297,64 @@ impl App {
         Ok(())
     }
 
-    /// After `reader` read a group conversation from `from_seq` (exclusive) to `to_seq`, tells
-    /// the senders of the messages in that range (the newest [`READ_EVENT_MESSAGES`]) their new
-    /// read counts. Only in groups small enough for read receipts.
-    pub(crate) async fn announce_group_read(
-        &self,
+    /// `reader` read a group conversation from `from_seq` (exclusive) to `to_seq`: the senders
+    /// of what they read hear the new read counts. In a group small enough for read receipts
+    /// at once, naming the reader; in a larger one at most once per
+    /// [`READ_COUNT_INTERVAL`] per group, for everyone who read meanwhile, because each
+    /// announcement reads every member's position.
+    pub(crate) async fn group_read_moved(
+        self: &Arc<Self>,
         group: &GroupId,
         reader: &UserId,
         from_seq: u64,
         to_seq: u64,
     ) -> Result<()> {
         let roster = self.roster(group).await?;
-        if roster.len() > self.config.groups.read_receipt_members as usize || to_seq <= from_seq {
+        if roster.len() <= self.config.groups.read_receipt_members as usize {
+            return self
+                .announce_group_read(group, Some(reader), from_seq, to_seq)
+                .await;
+        }
+        let first = {
+            let Ok(mut pending) = self.read_counts_due.lock() else {
+                return Ok(());
+            };
+            match pending.get_mut(group) {
+                Some(range) => {
+                    range.0 = range.0.min(from_seq);
+                    range.1 = range.1.max(to_seq);
+                    false
+                }
+                None => {
+                    pending.insert(group.clone(), (from_seq, to_seq));
+                    true
+                }
+            }
+        };
+        if first {
+            tokio::time::sleep(READ_COUNT_INTERVAL).await;
+            let range = self
+                .read_counts_due
+                .lock()
+                .ok()
+                .and_then(|mut pending| pending.remove(group));
+            if let Some((from, to)) = range {
+                self.announce_group_read(group, None, from, to).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells the senders of the messages in `(from_seq, to_seq]` (the newest
+    /// [`READ_EVENT_MESSAGES`], the reader's own left out) their new read counts.
+    async fn announce_group_read(
+        &self,
+        group: &GroupId,
+        reader: Option<&UserId>,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<()> {
+        if to_seq <= from_seq {
             return Ok(());
         }
         let conversation = ConversationId::group(group);
@@ -318,7 +369,7 @@ impl App {
             })
             .await?;
         let mut by_sender: HashMap<UserId, Vec<u64>> = HashMap::new();
-        for message in page.messages.iter().filter(|m| m.from != *reader) {
+        for message in page.messages.iter().filter(|m| Some(&m.from) != reader) {
             if matches!(message.content, MessageContent::GroupNotice(_)) {
                 continue;
             }
@@ -346,7 +397,7 @@ impl App {
                 .collect();
             let event = GroupReadEvent {
                 conversation_id: conversation.clone(),
-                reader: reader.clone(),
+                reader: reader.cloned(),
                 read_seq: to_seq,
                 messages,
             };

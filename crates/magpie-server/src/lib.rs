@@ -201,6 +201,7 @@ pub async fn run(
         shutdown: stopping.clone(),
         tracker: TaskTracker::new(),
         rosters: group_messages::Rosters::default(),
+        read_counts_due: Default::default(),
         config,
     });
     let addr = listener.local_addr()?;

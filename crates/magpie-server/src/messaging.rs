@@ -383,7 +383,7 @@ impl App {
                 // The reader is answered now; the senders hear about it right after.
                 tokio::spawn(async move {
                     if let Err(e) = app
-                        .announce_group_read(&group, &reader, before, read_seq)
+                        .group_read_moved(&group, &reader, before, read_seq)
                         .await
                     {
                         tracing::warn!(%group, error = %e, "could not send group read counts");

@@ -211,8 +211,9 @@ pub struct GroupArgs {
     #[arg(long, short = 's', default_value_t = 100)]
     size: usize,
     /// Closed loop: messages in flight per sender, each until acked and delivered to every
-    /// other member.
-    #[arg(long, short = 'w', default_value_t = 4, conflicts_with = "rate")]
+    /// other member. Each member may have window x senders messages queued on the server:
+    /// keep that below the server's outbound queue (1024 events by default).
+    #[arg(long, short = 'w', default_value_t = 64, conflicts_with = "rate")]
     window: usize,
     /// Open loop: total offered messages per second, all senders together (fixed timetable;
     /// latency from the scheduled time).
@@ -610,6 +611,14 @@ async fn group_cmd(args: GroupArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
             args.members
         ));
     }
+    if let LoadMode::Closed { window } = mode
+        && window * args.senders > 512
+    {
+        common.progress.note(format!(
+            "warning: up to {} messages may wait for each member; the server's default outbound queue holds 1024 events before it closes a slow consumer",
+            window * args.senders
+        ));
+    }
     let relay = if args.with_relay {
         let exe = std::env::current_exe().context("cannot locate this executable")?;
         let relay = target::spawn_relay(&exe).await?;
@@ -783,7 +792,7 @@ mod tests {
         };
         assert_eq!((args.members, args.senders), (1000, 4));
         assert_eq!(args.messages, Some(500));
-        assert_eq!(args.window, 4);
+        assert_eq!(args.window, 64);
         assert!(args.with_relay);
         let cli =
             Cli::try_parse_from(["magpie-bench", "group", "-m", "20", "--rate", "50"]).unwrap();

@@ -485,9 +485,11 @@ impl Store for SqliteStore {
     ) -> StoreResult<SyncPage> {
         self.check_open()?;
         let user = user.clone();
-        // The walk covers every membership, however few rows come back.
+        // Sized like the other sync read: a walk over the user's memberships is an index range
+        // as long as their group count, and runs on the calling task for a small page, as
+        // every login pays for it.
         self.readers
-            .run(u32::MAX, move |c| {
+            .run(limit, move |c| {
                 reader::changed_group_conversations(c, &user, since, limit)
             })
             .await

@@ -496,6 +496,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_example_is_a_valid_configuration_of_the_defaults() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml block") + 8;
+        let end = start + readme[start..].find("```").expect("the block ends");
+        let config = Config::from_toml(&readme[start..end]).expect("the README's example parses");
+        assert_eq!(config.groups.read_receipt_members, 500);
+        assert_eq!(config.groups.default_max_members, 3000);
+        config.validate().expect("valid");
+    }
+
+    #[test]
     fn an_empty_file_is_the_default_config() {
         let config = Config::from_toml("").expect("empty");
         config.validate().expect("defaults are valid");

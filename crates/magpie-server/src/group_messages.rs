@@ -258,7 +258,7 @@ impl App {
     ) -> Result<()> {
         let roster = self.roster(group).await?;
         let now = now_ms();
-        let id = self.ids.next(now);
+        let id = self.next_message_id(now)?;
         let listed: Vec<UserId> = users.iter().take(NOTICE_USERS).cloned().collect();
         let message = Message {
             id,

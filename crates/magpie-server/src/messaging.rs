@@ -15,7 +15,7 @@ use magpie_proto::frame::{
 use magpie_proto::message::{Peer, validate_client_msg_id};
 use magpie_proto::{
     ConversationId, ConversationState, ErrorCode, Event, GroupId, Message, MessageContent,
-    ServerFrame, UserId,
+    MessageId, ServerFrame, UserId,
 };
 use magpie_store::{Anchor, Appended, Appending, MessageQuery, NewMessage, OnCommit};
 
@@ -223,15 +223,9 @@ impl App {
                 format!("message is {size} bytes encoded; the limit is {max}"),
             ));
         }
-        if !self.lease.is_valid() {
-            return Err(Error::new(
-                ErrorCode::Unavailable,
-                "this node cannot reach the store to renew its node id; try again or another node",
-            ));
-        }
         let now = now_ms();
         Ok(Message {
-            id: self.ids.next(now),
+            id: self.next_message_id(now)?,
             conversation_id: request.to.conversation_id(&origin.user),
             seq: 0,
             from: origin.user.clone(),
@@ -242,6 +236,18 @@ impl App {
             mentions: request.mentions.filter(|m| !m.is_empty()),
             server_time: now,
         })
+    }
+
+    /// A new message id, unless this node's id lease may have lapsed (another node could then
+    /// hold the same node bits).
+    pub(crate) fn next_message_id(&self, now: magpie_proto::Millis) -> Result<MessageId> {
+        if !self.lease.is_valid() {
+            return Err(Error::new(
+                ErrorCode::Unavailable,
+                "this node cannot reach the store to renew its node id; try again or another node",
+            ));
+        }
+        Ok(self.ids.next(now))
     }
 
     /// Delivers a transient command to the devices online now; nothing is stored.

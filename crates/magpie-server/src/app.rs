@@ -46,6 +46,8 @@ pub struct App {
     pub tracker: TaskTracker,
     /// Group rosters this node has read, for group sends and fan-out.
     pub(crate) rosters: crate::group_messages::Rosters,
+    /// Delivers committed group messages, in commit order, off the store's writer.
+    pub(crate) fan_outs: Arc<crate::group_messages::FanOutQueue>,
     /// Large groups' read ranges waiting for their next read-count announcement.
     pub(crate) read_counts_due: crate::group_messages::ReadCountsDue,
 }

@@ -19,7 +19,7 @@ use magpie_proto::{
     ConversationId, ErrorCode, Event, Message, MessageContent, Millis, ServerFrame, UserId,
 };
 use magpie_store::{Anchor, MessageQuery, NewMessage};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::app::App;
 use crate::clock::now_ms;
@@ -276,10 +276,10 @@ impl App {
             mentions: None,
             server_time: now,
         };
-        let (cluster, metrics) = (self.cluster.clone(), self.metrics.clone());
+        let fan_outs = self.fan_outs.clone();
         let on_commit: magpie_store::OnCommit = Box::new(move |appended| {
             if !appended.duplicate {
-                fan_out(&cluster, &metrics, &roster, &appended.message, None);
+                fan_outs.push(roster, appended.message.clone(), None);
             }
         });
         // Nobody's conversation row changes: members find the notice through the group's
@@ -513,6 +513,47 @@ impl App {
             );
         }
         Ok(())
+    }
+}
+
+/// Group fan-out, off the store's commit path. A group message reaches hundreds or thousands of
+/// inboxes; done in the commit hook it would hold the store's writer (SQLite's single thread)
+/// before its next batch. Hooks run in commit order and queue here; one task delivers in that
+/// order, so every device still gets a group's messages in seq order.
+#[derive(Debug)]
+pub(crate) struct FanOutQueue {
+    jobs: mpsc::UnboundedSender<FanOutJob>,
+}
+
+#[derive(Debug)]
+struct FanOutJob {
+    roster: Arc<Roster>,
+    message: Message,
+    origin: Option<SessionId>,
+}
+
+impl FanOutQueue {
+    /// Starts the delivering task; it ends when the queue is dropped.
+    pub(crate) fn start(cluster: Arc<Cluster>, metrics: Arc<Metrics>) -> Self {
+        // Unbounded: a job is a message and a shared roster, queued at the store's commit rate,
+        // and the task delivers without waiting on anything (full inboxes mark slow consumers).
+        let (jobs, mut queued) = mpsc::unbounded_channel::<FanOutJob>();
+        tokio::spawn(async move {
+            while let Some(job) = queued.recv().await {
+                fan_out(&cluster, &metrics, &job.roster, &job.message, job.origin);
+            }
+        });
+        Self { jobs }
+    }
+
+    /// Queues a committed group message for delivery.
+    pub(crate) fn push(&self, roster: Arc<Roster>, message: Message, origin: Option<SessionId>) {
+        // Only fails once the server is stopping; devices catch up by sync.
+        let _ = self.jobs.send(FanOutJob {
+            roster,
+            message,
+            origin,
+        });
     }
 }
 

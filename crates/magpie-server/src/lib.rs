@@ -188,6 +188,7 @@ pub async fn run(
         Subjects::new(&config.cluster.subject_prefix),
         Duration::from_millis(config.cluster.node_timeout_ms),
     ));
+    let fan_outs = group_messages::FanOutQueue::start(cluster.clone(), metrics.clone());
     let app = Arc::new(App {
         sessions,
         cluster: cluster.clone(),
@@ -201,6 +202,7 @@ pub async fn run(
         shutdown: stopping.clone(),
         tracker: TaskTracker::new(),
         rosters: group_messages::Rosters::default(),
+        fan_outs: Arc::new(fan_outs),
         read_counts_due: Default::default(),
         config,
     });

@@ -183,11 +183,10 @@ impl App {
                     duplicate: false,
                 });
             }
-            let (cluster, metrics, roster) =
-                (app.cluster.clone(), app.metrics.clone(), checked.roster);
+            let (fan_outs, roster) = (app.fan_outs.clone(), checked.roster);
             let on_commit: OnCommit = Box::new(move |appended: &Appended| {
                 if !appended.duplicate {
-                    fan_out(&cluster, &metrics, &roster, &appended.message, from_session);
+                    fan_outs.push(roster, appended.message.clone(), from_session);
                 }
             });
             let appending = app.store.append_message(checked.new, Some(on_commit));

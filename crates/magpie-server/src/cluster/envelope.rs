@@ -23,6 +23,16 @@ pub enum Envelope {
         /// The event.
         frame: Box<ServerFrame>,
     },
+    /// An event for every device of each of `users` (on the nodes subject: one message for a
+    /// fan-out to many users, such as a group message, instead of one per user).
+    DeliverMany {
+        /// The sending node.
+        from: NodeId,
+        /// The addressees.
+        users: Vec<UserId>,
+        /// The event.
+        frame: Box<ServerFrame>,
+    },
     /// Kick every device of `user`, whose record changed (on the user's subject).
     Kick {
         /// The sending node.
@@ -93,6 +103,7 @@ impl Envelope {
     pub fn from(&self) -> NodeId {
         match self {
             Self::Deliver { from, .. }
+            | Self::DeliverMany { from, .. }
             | Self::Kick { from, .. }
             | Self::DeviceUp { from, .. }
             | Self::DeviceDown { from, .. }
@@ -123,6 +134,21 @@ impl Envelope {
         out.extend_from_slice(br#","user":"#);
         // User ids are restricted to characters JSON never escapes; serde keeps it honest.
         if serde_json::to_writer(&mut out, user).is_err() {
+            return Bytes::new();
+        }
+        out.extend_from_slice(br#","frame":"#);
+        out.extend_from_slice(frame_json);
+        out.push(b'}');
+        Bytes::from(out)
+    }
+
+    /// A `DeliverMany` around an event already encoded as JSON, without encoding it again.
+    pub fn deliver_many_encoded(from: NodeId, users: &[UserId], frame_json: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(frame_json.len() + users.len() * 12 + 48);
+        out.extend_from_slice(br#"{"t":"deliver_many","from":"#);
+        out.extend_from_slice(from.to_string().as_bytes());
+        out.extend_from_slice(br#","users":"#);
+        if serde_json::to_writer(&mut out, users).is_err() {
             return Bytes::new();
         }
         out.extend_from_slice(br#","frame":"#);
@@ -168,6 +194,25 @@ mod tests {
     use super::*;
     use magpie_proto::frame::Empty;
     use magpie_proto::{Codec, Event};
+
+    #[test]
+    fn a_fan_out_to_many_users_decodes_to_the_same_frame_and_users() {
+        let frame = ServerFrame::Event(Event::TokenExpired(Empty));
+        let json = Codec::Json.encode(&frame).expect("encodes");
+        let users = vec![
+            UserId::new("a.b").expect("id"),
+            UserId::new("c").expect("id"),
+        ];
+        let payload = Envelope::deliver_many_encoded(4, &users, &json);
+        assert_eq!(
+            Envelope::decode(&payload).expect("decodes"),
+            Envelope::DeliverMany {
+                from: 4,
+                users,
+                frame: Box::new(frame)
+            }
+        );
+    }
 
     #[test]
     fn a_forwarded_event_decodes_to_the_same_frame() {

@@ -109,8 +109,33 @@ impl Cluster {
     }
 
     fn publish_nodes(&self, envelope: &Envelope) {
+        self.publish_nodes_raw(envelope.encode());
+    }
+
+    fn publish_nodes_raw(&self, payload: bytes::Bytes) {
         Metrics::add(&self.metrics.bus_published, 1);
-        self.bus.publish(self.subjects.nodes(), envelope.encode());
+        self.bus.publish(self.subjects.nodes(), payload);
+    }
+
+    /// Queues an event for every device of each of `users` on every node, except the local
+    /// session `except`; returns how many local devices got it. One bus message reaches every
+    /// node, which delivers to the listed users it serves: for fan-outs to many users (a group
+    /// message), where a publish per user would cost the bus and every node far more.
+    pub fn deliver_many(
+        &self,
+        users: &[UserId],
+        frame: &Arc<SharedFrame>,
+        except: Option<SessionId>,
+    ) -> usize {
+        let delivered = users
+            .iter()
+            .map(|user| self.sessions.deliver(user, frame, except))
+            .sum();
+        if self.has_peers {
+            let json = frame.encoded(Codec::Json);
+            self.publish_nodes_raw(Envelope::deliver_many_encoded(self.node(), users, &json));
+        }
+        delivered
     }
 
     /// Queues an event for every device of `user` on every node, except the local session
@@ -236,6 +261,14 @@ impl Cluster {
                 let delivered = self
                     .sessions
                     .deliver(&user, &SharedFrame::new(*frame), None);
+                Metrics::add(&self.metrics.deliveries, delivered as u64);
+            }
+            Envelope::DeliverMany { users, frame, .. } => {
+                let frame = SharedFrame::new(*frame);
+                let delivered: usize = users
+                    .iter()
+                    .map(|user| self.sessions.deliver(user, &frame, None))
+                    .sum();
                 Metrics::add(&self.metrics.deliveries, delivered as u64);
             }
             Envelope::Kick {
@@ -469,6 +502,37 @@ mod tests {
                 .map(|d| d.device_id.to_string())
                 .collect();
             assert_eq!(devices, vec!["phone", "laptop"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn one_bus_message_reaches_many_users_on_every_node_once() {
+        let mut nodes = nodes(3);
+        let alice_here = login(&nodes[0], "alice", "phone", Platform::Ios).await;
+        let bob = login(&nodes[1], "bob", "phone", Platform::Ios).await;
+        let carol = login(&nodes[2], "carol", "phone", Platform::Ios).await;
+        let alice_there = login(&nodes[2], "alice", "laptop", Platform::Linux).await;
+        pump(&mut nodes);
+        let published = || {
+            nodes
+                .iter()
+                .map(|n| {
+                    n.cluster
+                        .metrics
+                        .bus_published
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .sum::<u64>()
+        };
+        let before = published();
+        let frame = SharedFrame::new(ServerFrame::Event(Event::TokenExpired(Empty)));
+        let users = [user("alice"), user("bob"), user("carol"), user("nobody")];
+        assert_eq!(nodes[0].cluster.deliver_many(&users, &frame, None), 1);
+        assert_eq!(published() - before, 1, "one message for all of them");
+        pump(&mut nodes);
+        for inbox in [&alice_here, &bob, &carol, &alice_there] {
+            assert_eq!(next_event(inbox), Some(Event::TokenExpired(Empty)));
+            assert_eq!(next_event(inbox), None, "exactly once");
         }
     }
 

@@ -29,7 +29,10 @@ use crate::metrics::Metrics;
 use crate::sessions::{SessionId, SharedFrame};
 
 /// Groups whose roster a node keeps before it starts over (rosters reload on demand).
-const ROSTER_CACHE_LIMIT: usize = 10_000;
+const ROSTER_CACHE_GROUPS: usize = 10_000;
+/// Members, summed over the cached rosters, before the cache starts over: about 100 bytes each,
+/// so the cache stays near 100 MiB however large the groups are.
+const ROSTER_CACHE_MEMBERS: usize = 1_000_000;
 /// Most users a notice lists by id.
 const NOTICE_USERS: usize = 100;
 /// Most messages one `group_read` event reports.
@@ -126,21 +129,37 @@ pub(crate) type ReadCountsDue = Mutex<HashMap<GroupId, (u64, u64)>>;
 /// The rosters this node has read, by group.
 #[derive(Debug, Default)]
 pub(crate) struct Rosters {
-    cache: Mutex<HashMap<GroupId, Arc<Roster>>>,
+    cache: Mutex<RosterCache>,
+}
+
+#[derive(Debug, Default)]
+struct RosterCache {
+    by_group: HashMap<GroupId, Arc<Roster>>,
+    /// Members summed over `by_group`.
+    members: usize,
 }
 
 impl Rosters {
     fn get(&self, group: &GroupId, version: u64) -> Option<Arc<Roster>> {
         let cache = self.cache.lock().ok()?;
-        cache.get(group).filter(|r| r.version == version).cloned()
+        cache
+            .by_group
+            .get(group)
+            .filter(|r| r.version == version)
+            .cloned()
     }
 
     fn put(&self, group: GroupId, roster: Arc<Roster>) {
         if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= ROSTER_CACHE_LIMIT {
-                cache.clear();
+            if cache.by_group.len() >= ROSTER_CACHE_GROUPS
+                || cache.members + roster.len() > ROSTER_CACHE_MEMBERS
+            {
+                *cache = RosterCache::default();
             }
-            cache.insert(group, roster);
+            cache.members += roster.len();
+            if let Some(old) = cache.by_group.insert(group, roster) {
+                cache.members -= old.len();
+            }
         }
     }
 }
@@ -672,6 +691,30 @@ mod tests {
             visible_from_seq: 1,
             receive_messages: user != "quiet",
         }
+    }
+
+    #[test]
+    fn the_roster_cache_serves_one_version_and_counts_members_once() {
+        let group = GroupId::new("g").expect("id");
+        let rosters = Rosters::default();
+        let members = || {
+            vec![
+                member("a", GroupRole::Owner, None, false),
+                member("b", GroupRole::Member, None, false),
+            ]
+        };
+        rosters.put(group.clone(), Arc::new(Roster::new(1, false, members())));
+        rosters.put(group.clone(), Arc::new(Roster::new(2, false, members())));
+        assert!(
+            rosters.get(&group, 1).is_none(),
+            "an old version is never served"
+        );
+        assert_eq!(rosters.get(&group, 2).map(|r| r.len()), Some(2));
+        let cache = rosters.cache.lock().expect("lock");
+        assert_eq!(
+            cache.members, 2,
+            "a replaced roster's members are not counted twice"
+        );
     }
 
     #[test]

@@ -30,6 +30,9 @@ use crate::users::UserCache;
 use bus::{Bus, BusEvent, Subscription};
 use envelope::{Envelope, Subjects};
 
+/// Most users one `DeliverMany` envelope lists: at most 64 bytes an id, 256 KiB of ids.
+const DELIVER_MANY_CHUNK: usize = 4096;
+
 /// How long a login waits for its user's subscription to take effect on the bus.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -133,7 +136,11 @@ impl Cluster {
             .sum();
         if self.has_peers {
             let json = frame.encoded(Codec::Json);
-            self.publish_nodes_raw(Envelope::deliver_many_encoded(self.node(), users, &json));
+            // Chunked: NATS refuses payloads above its `max_payload` (1 MiB by default), and a
+            // 100,000-member group's ids alone come near that.
+            for chunk in users.chunks(DELIVER_MANY_CHUNK) {
+                self.publish_nodes_raw(Envelope::deliver_many_encoded(self.node(), chunk, &json));
+            }
         }
         delivered
     }
@@ -534,6 +541,28 @@ mod tests {
             assert_eq!(next_event(inbox), Some(Event::TokenExpired(Empty)));
             assert_eq!(next_event(inbox), None, "exactly once");
         }
+    }
+
+    #[tokio::test]
+    async fn a_fan_out_to_more_users_than_one_envelope_holds_is_split() {
+        let mut nodes = nodes(2);
+        let last = login(&nodes[1], "u9999", "phone", Platform::Ios).await;
+        pump(&mut nodes);
+        let published = || {
+            nodes[0]
+                .cluster
+                .metrics
+                .bus_published
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = published();
+        let users: Vec<UserId> = (0..10_000).map(|i| user(&format!("u{i}"))).collect();
+        let frame = SharedFrame::new(ServerFrame::Event(Event::TokenExpired(Empty)));
+        nodes[0].cluster.deliver_many(&users, &frame, None);
+        assert_eq!(published() - before, 3, "10,000 ids in envelopes of 4,096");
+        pump(&mut nodes);
+        assert_eq!(next_event(&last), Some(Event::TokenExpired(Empty)));
+        assert_eq!(next_event(&last), None);
     }
 
     #[tokio::test]

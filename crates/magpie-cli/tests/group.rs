@@ -15,6 +15,14 @@ struct Cli {
 }
 
 impl Cli {
+    /// A CLI installation (its own data directory) talking to `server`.
+    fn new(server: &TestServer) -> Self {
+        Self {
+            server: server.ws_url(),
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
     fn command(&self, user: &str, token: &str, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_magpie"));
         command
@@ -59,6 +67,16 @@ fn parse(output: &Output, args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// A refused command: exit status 1, nothing on stdout, and the server's error as the last
+/// JSON line of stderr. Returns that error and the whole of stderr.
+fn refusal(refused: &Output) -> (Value, String) {
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    let error: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    (error, stderr)
+}
+
 async fn sessions(server: &TestServer) -> f64 {
     magpie_testkit::metric(&server.metrics().await, "magpie_sessions").unwrap()
 }
@@ -85,10 +103,7 @@ async fn group_commands_print_json_lines_and_listen_prints_group_events() {
     let alice = server.user_with_token("alice").await;
     let bob = server.user_with_token("bob").await;
     let carol = server.user_with_token("carol").await;
-    let cli = Cli {
-        server: server.ws_url(),
-        data: tempfile::tempdir().unwrap(),
-    };
+    let cli = Cli::new(&server);
 
     // create
     let created = cli
@@ -251,10 +266,7 @@ async fn group_commands_print_json_lines_and_listen_prints_group_events() {
     let refused = cli
         .run("bob", &bob, &["group", "kick", "team", "alice"])
         .await;
-    assert!(!refused.status.success());
-    assert!(refused.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    let error: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    let (error, stderr) = refusal(&refused);
     assert_eq!(error["error"]["name"], "forbidden", "{stderr}");
     assert_eq!(error["error"]["code"], 2004);
 }
@@ -264,10 +276,7 @@ async fn send_to_a_group_and_listen_prints_its_messages_and_read_counts() {
     let server = TestServer::start_without_rate_limits().await;
     let alice = server.user_with_token("alice").await;
     let bob = server.user_with_token("bob").await;
-    let cli = Cli {
-        server: server.ws_url(),
-        data: tempfile::tempdir().unwrap(),
-    };
+    let cli = Cli::new(&server);
     cli.lines(
         "alice",
         &alice,
@@ -380,10 +389,7 @@ async fn send_to_a_group_and_listen_prints_its_messages_and_read_counts() {
     let refused = cli
         .run("eve", &outsider, &["send", "--group", "crew", "let me in"])
         .await;
-    assert!(!refused.status.success());
-    assert!(refused.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    let error: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    let (error, stderr) = refusal(&refused);
     assert_eq!(error["error"]["name"], "not_group_member", "{stderr}");
     assert_eq!(error["error"]["code"], 2005);
 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use magpie_sdk::{
     ChatManager, Client, ClientConfig, ClientEvent, Codec, ConnectionState, ConversationId,
-    DeviceId, DisconnectReason, ErrorCode, ErrorKind, Events, HistoryQuery, KickReason, Message,
-    MessageContent, MessageStatus, Platform, ReconnectPolicy, UserId,
+    DeviceId, DisconnectReason, ErrorBody, ErrorCode, ErrorKind, Events, HistoryQuery, KickReason,
+    LocalMessage, Message, MessageContent, MessageStatus, Platform, ReconnectPolicy, UserId,
 };
 use magpie_testkit::TestServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -119,12 +119,18 @@ impl<'a> DeviceSpec<'a> {
         Client::new(config).expect("client")
     }
 
+    /// A client on `dir`, subscribed to its events, logged in as `id` (its sync not awaited).
+    async fn start(&self, dir: &std::path::Path, id: &str, token: &str) -> (Client, Events) {
+        let client = self.client(dir);
+        let events = client.events();
+        client.login(user(id), token).await.expect("login");
+        (client, events)
+    }
+
     /// Logs in and waits for the first sync to finish.
     async fn login(self, id: &str, token: &str) -> Device {
         let dir = tempfile::tempdir().expect("tempdir");
-        let client = self.client(dir.path());
-        let mut events = client.events();
-        client.login(user(id), token).await.expect("login");
+        let (client, mut events) = self.start(dir.path(), id, token).await;
         let synced = sync_messages(&mut events).await;
         Device {
             client,
@@ -135,9 +141,90 @@ impl<'a> DeviceSpec<'a> {
     }
 }
 
+/// Creates user `id` with a token and logs its first device (`{id}-1`) in.
+async fn sign_up(server: &TestServer, id: &str) -> (Device, String) {
+    sign_up_with(server, id, |spec| spec).await
+}
+
+/// [`sign_up`], with the device's spec adjusted by `adjust`.
+async fn sign_up_with(
+    server: &TestServer,
+    id: &str,
+    adjust: impl for<'a> FnOnce(DeviceSpec<'a>) -> DeviceSpec<'a>,
+) -> (Device, String) {
+    let token = server.user_with_token(id).await;
+    let name = format!("{id}-1");
+    let device = adjust(DeviceSpec::new(server, &name))
+        .login(id, &token)
+        .await;
+    (device, token)
+}
+
 impl Device {
     fn chat(&self) -> ChatManager {
         self.client.chat()
+    }
+
+    /// Sends a text to user `to` and returns the stored message.
+    async fn send_text(&self, to: &str, text: impl Into<String>) -> Message {
+        self.chat()
+            .send(user(to), MessageContent::text(text), None)
+            .await
+            .expect("send")
+    }
+
+    /// The locally kept message with this `client_msg_id` (which must be kept).
+    async fn local_message(&self, client_msg_id: &str) -> LocalMessage {
+        self.chat()
+            .local_message(client_msg_id)
+            .await
+            .expect("read")
+            .expect("kept")
+    }
+
+    /// Waits until the connection is in a state that `state` accepts.
+    async fn wait_state(&mut self, what: &str, state: impl Fn(&ConnectionState) -> bool) {
+        wait_for(
+            &mut self.events,
+            what,
+            |e| matches!(e, ClientEvent::ConnectionStateChanged(s) if state(s)),
+        )
+        .await;
+    }
+
+    /// Checks that the client does not try to connect again for a second.
+    async fn assert_no_reconnect(&mut self) {
+        assert_quiet(&mut self.events, Duration::from_secs(1), |e| {
+            matches!(
+                e,
+                ClientEvent::ConnectionStateChanged(ConnectionState::Connecting)
+            )
+        })
+        .await;
+    }
+
+    /// Waits for a send to be marked failed: its conversation, `client_msg_id` and error.
+    async fn wait_failed(&mut self) -> (ConversationId, String, Option<ErrorBody>) {
+        let failed = wait_for(&mut self.events, "failed status", |e| {
+            matches!(
+                e,
+                ClientEvent::MessageStatusChanged {
+                    status: MessageStatus::Failed,
+                    ..
+                }
+            )
+        })
+        .await;
+        let ClientEvent::MessageStatusChanged {
+            conversation_id,
+            client_msg_id,
+            error,
+            ..
+        } = failed
+        else {
+            unreachable!("matched above")
+        };
+        (conversation_id, client_msg_id, error)
     }
 
     /// Waits for `n` received messages, then checks that no more arrive for a moment.
@@ -162,9 +249,7 @@ impl Device {
     /// Logs out and logs the same installation (same data directory) in again.
     async fn restart(&mut self, spec: DeviceSpec<'_>, id: &str, token: &str) {
         self.client.logout().await.expect("logout");
-        let client = spec.client(self.dir.path());
-        let mut events = client.events();
-        client.login(user(id), token).await.expect("login again");
+        let (client, mut events) = spec.start(self.dir.path(), id, token).await;
         self.synced = sync_messages(&mut events).await;
         self.client = client;
         self.events = events;
@@ -235,12 +320,7 @@ async fn two_users_exchange_messages_on_several_devices() {
 
     let mut sent = Vec::new();
     for i in 1..=5 {
-        let message = alice_phone
-            .chat()
-            .send(user("bob"), MessageContent::text(format!("hi {i}")), None)
-            .await
-            .expect("send");
-        sent.push(message);
+        sent.push(alice_phone.send_text("bob", format!("hi {i}")).await);
     }
     assert_eq!(seqs(&sent), vec![1, 2, 3, 4, 5]);
 
@@ -258,10 +338,7 @@ async fn two_users_exchange_messages_on_several_devices() {
     .await;
 
     for i in 1..=3 {
-        bob.chat()
-            .send(user("alice"), MessageContent::text(format!("re {i}")), None)
-            .await
-            .expect("reply");
+        bob.send_text("alice", format!("re {i}")).await;
     }
     let replies = alice_phone.receive_exactly(3).await;
     assert_eq!(seqs(&replies), vec![6, 7, 8]);
@@ -352,31 +429,9 @@ async fn two_users_exchange_messages_on_several_devices() {
         .await
         .expect_err("unknown user");
     assert_eq!(err.kind(), ErrorKind::Server(ErrorCode::UserNotFound));
-    let failed = wait_for(&mut alice_phone.events, "failed status", |e| {
-        matches!(
-            e,
-            ClientEvent::MessageStatusChanged {
-                status: MessageStatus::Failed,
-                ..
-            }
-        )
-    })
-    .await;
-    let ClientEvent::MessageStatusChanged {
-        client_msg_id,
-        error,
-        ..
-    } = failed
-    else {
-        unreachable!("matched above")
-    };
+    let (_, client_msg_id, error) = alice_phone.wait_failed().await;
     assert_eq!(error.map(|e| e.code), Some(ErrorCode::UserNotFound));
-    let local = alice_phone
-        .chat()
-        .local_message(&client_msg_id)
-        .await
-        .expect("read")
-        .expect("kept");
+    let local = alice_phone.local_message(&client_msg_id).await;
     assert_eq!(local.status, MessageStatus::Failed);
     assert_eq!(alice_phone.chat().pending_sends().await.expect("count"), 0);
 
@@ -389,28 +444,13 @@ async fn two_users_exchange_messages_on_several_devices() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_recipient_gets_everything_once_and_in_order() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
+    let (alice, _) = sign_up(&server, "alice").await;
     let bob_token = server.user_with_token("bob").await;
-    let carol_token = server.user_with_token("carol").await;
-
-    let alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let carol = DeviceSpec::new(&server, "carol-1")
-        .login("carol", &carol_token)
-        .await;
+    let (carol, _) = sign_up(&server, "carol").await;
     for i in 1..=30 {
-        alice
-            .chat()
-            .send(user("bob"), MessageContent::text(format!("a{i}")), None)
-            .await
-            .expect("send");
+        alice.send_text("bob", format!("a{i}")).await;
         if i % 3 == 0 {
-            carol
-                .chat()
-                .send(user("bob"), MessageContent::text(format!("c{i}")), None)
-                .await
-                .expect("send");
+            carol.send_text("bob", format!("c{i}")).await;
         }
     }
 
@@ -463,11 +503,7 @@ async fn an_offline_recipient_gets_everything_once_and_in_order() {
     // Offline again; more arrives; the same installation restarts and gets only the news.
     bob.client.logout().await.expect("logout");
     for i in 31..=35 {
-        alice
-            .chat()
-            .send(user("bob"), MessageContent::text(format!("a{i}")), None)
-            .await
-            .expect("send");
+        alice.send_text("bob", format!("a{i}")).await;
     }
     bob.restart(DeviceSpec::new(&server, "bob-1"), "bob", &bob_token)
         .await;
@@ -482,25 +518,17 @@ async fn an_offline_recipient_gets_everything_once_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_device_starts_with_the_newest_messages_and_fetches_older_history() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
+    let (alice, _) = sign_up(&server, "alice").await;
     let bob_token = server.user_with_token("bob").await;
-    let alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
     for i in 1..=25 {
-        alice
-            .chat()
-            .send(user("bob"), MessageContent::text(format!("m{i}")), None)
-            .await
-            .expect("send");
+        alice.send_text("bob", format!("m{i}")).await;
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let client = DeviceSpec::new(&server, "bob-new")
+    let (client, mut events) = DeviceSpec::new(&server, "bob-new")
         .window(10)
-        .client(dir.path());
-    let mut events = client.events();
-    client.login(user("bob"), &bob_token).await.expect("login");
+        .start(dir.path(), "bob", &bob_token)
+        .await;
     let received = sync_messages(&mut events).await;
     assert_eq!(seqs(&received), (16..=25).collect::<Vec<_>>());
 
@@ -520,11 +548,7 @@ async fn a_new_device_starts_with_the_newest_messages_and_fetches_older_history(
     assert_eq!(cached.messages.len(), 20, "fetched history is cached");
 
     // Live messages keep flowing after the window.
-    alice
-        .chat()
-        .send(user("bob"), MessageContent::text("m26"), None)
-        .await
-        .expect("send");
+    alice.send_text("bob", "m26").await;
     let live = wait_for(&mut events, "live message", |e| {
         matches!(e, ClientEvent::MessageReceived(_))
     })
@@ -612,17 +636,9 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_whose_answer_was_lost_resolves_to_the_stored_message_once() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
     let proxy = Proxy::start(server.addr()).await;
-
-    let mut alice = DeviceSpec::new(&server, "alice-1")
-        .url(proxy.url())
-        .login("alice", &alice_token)
-        .await;
-    let mut bob = DeviceSpec::new(&server, "bob-1")
-        .login("bob", &bob_token)
-        .await;
+    let (mut alice, _) = sign_up_with(&server, "alice", |spec| spec.url(proxy.url())).await;
+    let (mut bob, _) = sign_up(&server, "bob").await;
 
     proxy.swallow_answers(true);
     let chat = alice.chat();
@@ -676,29 +692,17 @@ async fn a_send_whose_answer_was_lost_resolves_to_the_stored_message_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_queued_while_the_server_restarts_are_delivered_in_order() {
     let mut server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
-    let mut alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let mut bob = DeviceSpec::new(&server, "bob-1")
-        .login("bob", &bob_token)
-        .await;
-    alice
-        .chat()
-        .send(user("bob"), MessageContent::text("before"), None)
-        .await
-        .expect("send");
+    let (mut alice, _) = sign_up(&server, "alice").await;
+    let (mut bob, _) = sign_up(&server, "bob").await;
+    alice.send_text("bob", "before").await;
     bob.receive_exactly(1).await;
 
     server.stop().await;
-    wait_for(&mut alice.events, "disconnect", |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Disconnected { .. })
-        )
-    })
-    .await;
+    alice
+        .wait_state("disconnect", |s| {
+            matches!(s, ConnectionState::Disconnected { .. })
+        })
+        .await;
     let mut pending = Vec::new();
     for i in 1..=4 {
         let chat = alice.chat();
@@ -789,42 +793,24 @@ async fn an_expiring_token_is_renewed_in_place_or_after_expiry() {
         matches!(e, ClientEvent::TokenExpired)
     })
     .await;
-    wait_for(&mut bob.events, "disconnect", |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Disconnected {
-                reason: DisconnectReason::TokenExpired
-            })
-        )
+    bob.wait_state("disconnect", |s| {
+        *s == ConnectionState::Disconnected {
+            reason: DisconnectReason::TokenExpired,
+        }
     })
     .await;
-    assert_quiet(&mut bob.events, Duration::from_secs(1), |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Connecting)
-        )
-    })
-    .await;
+    bob.assert_no_reconnect().await;
     let err = bob.client.list_devices().await.expect_err("stopped");
     assert_eq!(err.kind(), ErrorKind::TokenExpired);
 
     // A message arrives meanwhile; renewing reconnects and syncs it.
-    alice
-        .chat()
-        .send(user("bob"), MessageContent::text("while expired"), None)
-        .await
-        .expect("send");
+    alice.send_text("bob", "while expired").await;
     bob.client
         .renew_token(server.token("bob").await)
         .await
         .expect("renew");
-    wait_for(&mut bob.events, "reconnected", |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Connected)
-        )
-    })
-    .await;
+    bob.wait_state("reconnected", |s| *s == ConnectionState::Connected)
+        .await;
     let got = bob.receive_exactly(1).await;
     assert_eq!(text(&got[0]), "while expired");
 }
@@ -855,35 +841,23 @@ async fn kicked_devices_stop_until_told_to_reconnect() {
         kicked_for(e, KickReason::Replaced)
     })
     .await;
-    wait_for(&mut first.events, "disconnect", |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Disconnected {
-                reason: DisconnectReason::Kicked
-            })
-        )
-    })
-    .await;
-    assert_quiet(&mut first.events, Duration::from_secs(1), |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Connecting)
-        )
-    })
-    .await;
+    first
+        .wait_state("disconnect", |s| {
+            *s == ConnectionState::Disconnected {
+                reason: DisconnectReason::Kicked,
+            }
+        })
+        .await;
+    first.assert_no_reconnect().await;
     let err = first.client.list_devices().await.expect_err("kicked");
     assert_eq!(err.kind(), ErrorKind::Kicked);
     assert_eq!(second.client.connection_state(), ConnectionState::Connected);
 
     // The app may take the session back explicitly; then the other phone is the one kicked.
     first.client.reconnect().expect("reconnect");
-    wait_for(&mut first.events, "reconnected", |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Connected)
-        )
-    })
-    .await;
+    first
+        .wait_state("reconnected", |s| *s == ConnectionState::Connected)
+        .await;
     wait_for(&mut second.events, "kick of the second phone", |e| {
         kicked_for(e, KickReason::Replaced)
     })
@@ -907,13 +881,7 @@ async fn kicked_devices_stop_until_told_to_reconnect() {
         )
     })
     .await;
-    assert_quiet(&mut first.events, Duration::from_secs(1), |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Connecting)
-        )
-    })
-    .await;
+    first.assert_no_reconnect().await;
 }
 
 /// Stores `per_conversation` messages from each of `conversations` senders to `recipient`,
@@ -955,10 +923,10 @@ async fn populate(
 /// the login plus sync took.
 async fn first_sync(server: &TestServer, user_id: &str, token: &str) -> (Vec<Message>, Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let client = DeviceSpec::new(server, "fresh").client(dir.path());
-    let mut events = client.events();
     let started = std::time::Instant::now();
-    client.login(user(user_id), token).await.expect("login");
+    let (_client, mut events) = DeviceSpec::new(server, "fresh")
+        .start(dir.path(), user_id, token)
+        .await;
     let messages = sync_messages(&mut events).await;
     let elapsed = started.elapsed();
     (messages, elapsed)

@@ -4,11 +4,12 @@
 //! A module of the `e2e` binary (see there), so it reuses its helpers.
 
 use magpie_sdk::proto::group::{
-    CreateGroupRequest, GroupOptionsPatch, InviteOutcome, MembersRequest, UpdateGroupRequest,
+    CreateGroupRequest, GroupOptionsPatch, InviteOutcome, MembersPage, MembersRequest,
+    UpdateGroupRequest,
 };
 use magpie_sdk::{
-    ConversationKind, GroupChange, GroupId, GroupInfo, GroupManager, GroupNoticeKind, GroupRole,
-    JoinPolicy, Mentions, Peer, ReadReceiptsRequest,
+    ConversationKind, GroupChange, GroupId, GroupInfo, GroupManager, GroupMember, GroupNoticeKind,
+    GroupReadEvent, GroupRole, JoinPolicy, Mentions, Peer, ReadReceiptsRequest,
 };
 
 use super::*;
@@ -59,9 +60,82 @@ async fn group_event(
     }
 }
 
+/// Signs `users` up (see [`sign_up`]); the first creates group `id` with the others as
+/// members. Returns each user's device and token, in order.
+async fn in_a_group<const N: usize>(
+    server: &TestServer,
+    id: &str,
+    users: [&str; N],
+) -> [(Device, String); N] {
+    let mut signed_up = Vec::with_capacity(N);
+    for name in users {
+        signed_up.push(sign_up(server, name).await);
+    }
+    signed_up[0].0.create_group(id, &users[1..]).await;
+    match signed_up.try_into() {
+        Ok(all) => all,
+        Err(_) => unreachable!("one per user"),
+    }
+}
+
+/// [`in_a_group`], once every member has received the group's "created" notice (seq 1).
+async fn in_a_notified_group<const N: usize>(
+    server: &TestServer,
+    id: &str,
+    users: [&str; N],
+) -> [(Device, String); N] {
+    let mut all = in_a_group(server, id, users).await;
+    for (member, _) in &mut all[1..] {
+        member.receive_exactly(1).await;
+    }
+    all
+}
+
 impl Device {
     fn groups(&self) -> GroupManager {
         self.client.groups()
+    }
+
+    async fn create_group(&self, id: &str, members: &[&str]) -> GroupInfo {
+        self.groups()
+            .create(create_request(id, members))
+            .await
+            .expect("create")
+    }
+
+    /// Fetches a group's members from the server.
+    async fn fetch_members(&self, group: &str) -> MembersPage {
+        self.groups()
+            .members(all_members(group))
+            .await
+            .expect("members")
+    }
+
+    async fn cached_members(&self, group: &str) -> Vec<GroupMember> {
+        self.groups()
+            .cached_members(&gid(group))
+            .await
+            .expect("cache")
+    }
+
+    /// Mutes `member` for `seconds` (0 unmutes).
+    async fn mute(&self, group: &str, member: &str, seconds: u64) {
+        self.groups()
+            .mute(&gid(group), vec![user(member)], seconds)
+            .await
+            .expect("mute");
+    }
+
+    /// Waits for a `GroupRead` event.
+    async fn group_read(&mut self) -> GroupReadEvent {
+        let event = wait_for(&mut self.events, "group_read", |e| {
+            matches!(e, ClientEvent::GroupRead(_))
+        })
+        .await;
+        let ClientEvent::GroupRead(event) = event else {
+            unreachable!("matched above")
+        };
+        event
     }
 
     async fn cached(&self, group: &str) -> Option<GroupInfo> {
@@ -76,10 +150,8 @@ impl Device {
     }
 
     async fn cached_member_ids(&self, group: &str) -> Vec<String> {
-        self.groups()
-            .cached_members(&gid(group))
+        self.cached_members(group)
             .await
-            .expect("cache")
             .into_iter()
             .map(|m| m.user_id.as_str().to_owned())
             .collect()
@@ -89,26 +161,12 @@ impl Device {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_operations_keep_every_members_cache_in_step() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
-    let cat_token = server.user_with_token("cat").await;
-    let mut alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let mut bob = DeviceSpec::new(&server, "bob-1")
-        .codec(Codec::MsgPack)
-        .login("bob", &bob_token)
-        .await;
-    let mut cat = DeviceSpec::new(&server, "cat-1")
-        .login("cat", &cat_token)
-        .await;
+    let (mut alice, _) = sign_up(&server, "alice").await;
+    let (mut bob, _) = sign_up_with(&server, "bob", |spec| spec.codec(Codec::MsgPack)).await;
+    let (mut cat, _) = sign_up(&server, "cat").await;
 
     // Create with a member: both caches hold the group, the member hears `created`.
-    let info = alice
-        .groups()
-        .create(create_request("g1", &["bob"]))
-        .await
-        .expect("create");
+    let info = alice.create_group("g1", &["bob"]).await;
     assert_eq!((info.member_count, info.owner.as_str()), (2, "alice"));
     assert_eq!(
         alice.groups().cached_groups().await.expect("cache"),
@@ -123,17 +181,10 @@ async fn group_operations_keep_every_members_cache_in_step() {
     assert_eq!(cat.cached("g1").await, None, "not a member");
 
     // Fetched members are cached.
-    let page = alice
-        .groups()
-        .members(all_members("g1"))
-        .await
-        .expect("members");
+    let page = alice.fetch_members("g1").await;
     assert_eq!(page.members.len(), 2);
     assert_eq!(alice.cached_member_ids("g1").await, ["alice", "bob"]);
-    bob.groups()
-        .members(all_members("g1"))
-        .await
-        .expect("members");
+    bob.fetch_members("g1").await;
 
     // Invite: added at once; every member's cache counts and lists the newcomer, and the
     // newcomer's cache gains the group.
@@ -161,41 +212,25 @@ async fn group_operations_keep_every_members_cache_in_step() {
     assert_eq!(cat.member_count("g1").await, Some(3));
 
     // Mute: the muted member's row shows it everywhere it is cached.
-    alice
-        .groups()
-        .mute(&gid("g1"), vec![user("bob")], 600)
-        .await
-        .expect("mute");
+    alice.mute("g1", "bob", 600).await;
     for device in [&mut alice, &mut bob] {
         group_event(device, "g1", "mute_changed", |c| {
             matches!(c, GroupChange::MuteChanged { .. })
         })
         .await;
-        let members = device
-            .groups()
-            .cached_members(&gid("g1"))
-            .await
-            .expect("cache");
+        let members = device.cached_members("g1").await;
         let bob_row = members
             .iter()
             .find(|m| m.user_id == user("bob"))
             .expect("bob");
         assert!(bob_row.muted_until.is_some(), "{bob_row:?}");
     }
-    alice
-        .groups()
-        .mute(&gid("g1"), vec![user("bob")], 0)
-        .await
-        .expect("unmute");
+    alice.mute("g1", "bob", 0).await;
     group_event(&mut bob, "g1", "unmuted", |c| {
         matches!(c, GroupChange::MuteChanged { until: None, .. })
     })
     .await;
-    let members = bob
-        .groups()
-        .cached_members(&gid("g1"))
-        .await
-        .expect("cache");
+    let members = bob.cached_members("g1").await;
     assert!(
         members.iter().all(|m| m.muted_until.is_none()),
         "{members:?}"
@@ -212,11 +247,7 @@ async fn group_operations_keep_every_members_cache_in_step() {
     })
     .await;
     for device in [&alice, &bob] {
-        let members = device
-            .groups()
-            .cached_members(&gid("g1"))
-            .await
-            .expect("cache");
+        let members = device.cached_members("g1").await;
         assert_eq!(members[1].role, GroupRole::Admin, "{members:?}");
     }
 
@@ -301,18 +332,9 @@ async fn group_operations_keep_every_members_cache_in_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_refusals_come_back_with_their_error_codes() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
-    let cat_token = server.user_with_token("cat").await;
-    let alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let bob = DeviceSpec::new(&server, "bob-1")
-        .login("bob", &bob_token)
-        .await;
-    let cat = DeviceSpec::new(&server, "cat-1")
-        .login("cat", &cat_token)
-        .await;
+    let (alice, _) = sign_up(&server, "alice").await;
+    let (bob, _) = sign_up(&server, "bob").await;
+    let (cat, _) = sign_up(&server, "cat").await;
     let mut request = create_request("small", &["bob"]);
     request.options.max_members = Some(2);
     alice.groups().create(request).await.expect("create");
@@ -376,29 +398,11 @@ async fn server_refusals_come_back_with_their_error_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_cache_survives_a_restart_and_catches_up_after_one() {
     let mut server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
-    let mut alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let bob = DeviceSpec::new(&server, "bob-1")
-        .login("bob", &bob_token)
-        .await;
-    alice
-        .groups()
-        .create(create_request("keep", &["bob"]))
-        .await
-        .expect("create");
-    alice
-        .groups()
-        .create(create_request("doomed", &["bob"]))
-        .await
-        .expect("create");
-    alice
-        .groups()
-        .members(all_members("keep"))
-        .await
-        .expect("members");
+    let (mut alice, alice_token) = sign_up(&server, "alice").await;
+    let (bob, _) = sign_up(&server, "bob").await;
+    alice.create_group("keep", &["bob"]).await;
+    alice.create_group("doomed", &["bob"]).await;
+    alice.fetch_members("keep").await;
     let before = alice.groups().cached_groups().await.expect("cache");
     assert_eq!(before.len(), 2);
 
@@ -408,13 +412,11 @@ async fn the_group_cache_survives_a_restart_and_catches_up_after_one() {
         .restart(DeviceSpec::new(&server, "alice-1"), "alice", &alice_token)
         .await;
     server.stop().await;
-    wait_for(&mut alice.events, "the disconnect", |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Disconnected { .. })
-        )
-    })
-    .await;
+    alice
+        .wait_state("the disconnect", |s| {
+            matches!(s, ConnectionState::Disconnected { .. })
+        })
+        .await;
     assert_eq!(alice.groups().cached_groups().await.expect("cache"), before);
     assert_eq!(alice.cached_member_ids("keep").await, ["alice", "bob"]);
     let err = alice
@@ -429,15 +431,13 @@ async fn the_group_cache_survives_a_restart_and_catches_up_after_one() {
     // one forgotten.
     server.restart().await;
     alice.client.logout().await.expect("logout");
-    wait_for(&mut alice.events, "the logout", |e| {
-        matches!(
-            e,
-            ClientEvent::ConnectionStateChanged(ConnectionState::Disconnected {
-                reason: DisconnectReason::LoggedOut
-            })
-        )
-    })
-    .await;
+    alice
+        .wait_state("the logout", |s| {
+            *s == ConnectionState::Disconnected {
+                reason: DisconnectReason::LoggedOut,
+            }
+        })
+        .await;
     let bob = {
         // Bob's client reconnected to the restarted server by itself.
         let mut bob = bob;
@@ -451,13 +451,9 @@ async fn the_group_cache_survives_a_restart_and_catches_up_after_one() {
     let (status, _) = server.rest("DELETE", "/v1/groups/doomed", None).await;
     assert_eq!(status, 200);
 
-    let dir = alice.dir.path().to_owned();
-    let client = DeviceSpec::new(&server, "alice-1").client(&dir);
-    let mut events = client.events();
-    client
-        .login(user("alice"), &alice_token)
-        .await
-        .expect("login");
+    let (client, mut events) = DeviceSpec::new(&server, "alice-1")
+        .start(alice.dir.path(), "alice", &alice_token)
+        .await;
     wait_for(&mut events, "sync", |e| {
         matches!(e, ClientEvent::SyncFinished)
     })
@@ -555,7 +551,6 @@ fn stored_cursors(device: &Device, user_id: &str) -> (u64, u64) {
 async fn group_messages_reach_every_member_once_in_order_live_and_through_sync() {
     let server = fast_server().await;
     let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
     let carol_token = server.user_with_token("carol").await;
     let alice = DeviceSpec::new(&server, "alice-phone")
         .platform(Platform::Ios)
@@ -564,16 +559,9 @@ async fn group_messages_reach_every_member_once_in_order_live_and_through_sync()
     let mut alice_desk = DeviceSpec::new(&server, "alice-desk")
         .login("alice", &alice_token)
         .await;
-    let mut bob = DeviceSpec::new(&server, "bob-1")
-        .codec(Codec::MsgPack)
-        .login("bob", &bob_token)
-        .await;
+    let (mut bob, _) = sign_up_with(&server, "bob", |spec| spec.codec(Codec::MsgPack)).await;
     // Carol is a member but offline throughout.
-    alice
-        .groups()
-        .create(create_request("g", &["bob", "carol"]))
-        .await
-        .expect("create");
+    alice.create_group("g", &["bob", "carol"]).await;
     let g = group_conv("g");
 
     let mut sent = Vec::new();
@@ -632,11 +620,7 @@ async fn group_messages_reach_every_member_once_in_order_live_and_through_sync()
     carol.client.logout().await.expect("logout");
     let from_bob = bob.send_group("g", "while you were out", None).await;
     assert_eq!(from_bob.seq, 7);
-    let direct = alice
-        .chat()
-        .send(user("carol"), MessageContent::text("psst"), None)
-        .await
-        .expect("send");
+    let direct = alice.send_text("carol", "psst").await;
     carol
         .restart(DeviceSpec::new(&server, "carol-1"), "carol", &carol_token)
         .await;
@@ -654,17 +638,10 @@ async fn group_messages_reach_every_member_once_in_order_live_and_through_sync()
 
     // The group cursor is passed back: a sync with nothing new in the group leaves it out.
     carol.client.logout().await.expect("logout");
-    alice
-        .chat()
-        .send(user("carol"), MessageContent::text("again"), None)
-        .await
-        .expect("send");
-    let client = DeviceSpec::new(&server, "carol-1").client(carol.dir.path());
-    let mut events = client.events();
-    client
-        .login(user("carol"), &carol_token)
-        .await
-        .expect("login");
+    alice.send_text("carol", "again").await;
+    let (client, mut events) = DeviceSpec::new(&server, "carol-1")
+        .start(carol.dir.path(), "carol", &carol_token)
+        .await;
     let mut updated = Vec::new();
     while let ClientEvent::ConversationUpdated(c) = wait_for(&mut events, "sync", |e| {
         matches!(
@@ -697,19 +674,9 @@ async fn group_messages_reach_every_member_once_in_order_live_and_through_sync()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_who_joins_later_sees_history_from_their_join_notice_on() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let dan_token = server.user_with_token("dan").await;
-    let alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let mut dan = DeviceSpec::new(&server, "dan-1")
-        .login("dan", &dan_token)
-        .await;
-    alice
-        .groups()
-        .create(create_request("late", &[]))
-        .await
-        .expect("create");
+    let (alice, _) = sign_up(&server, "alice").await;
+    let (mut dan, dan_token) = sign_up(&server, "dan").await;
+    alice.create_group("late", &[]).await;
     for i in 1..=3 {
         alice.send_group("late", &format!("before {i}"), None).await;
     }
@@ -785,26 +752,9 @@ async fn a_member_who_joins_later_sees_history_from_their_join_notice_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mention_marks_the_mentioned_members_conversation_until_read() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
-    let carol_token = server.user_with_token("carol").await;
-    let alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let mut bob = DeviceSpec::new(&server, "bob-1")
-        .login("bob", &bob_token)
-        .await;
-    let mut carol = DeviceSpec::new(&server, "carol-1")
-        .login("carol", &carol_token)
-        .await;
-    alice
-        .groups()
-        .create(create_request("m", &["bob", "carol"]))
-        .await
-        .expect("create");
+    let [(alice, _), (mut bob, bob_token), (mut carol, carol_token)] =
+        in_a_notified_group(&server, "m", ["alice", "bob", "carol"]).await;
     let g = group_conv("m");
-    bob.receive_exactly(1).await;
-    carol.receive_exactly(1).await;
 
     // By id: bob is marked, carol is not; a non-member named is dropped by the server.
     let sent = alice
@@ -909,28 +859,9 @@ async fn a_mention_marks_the_mentioned_members_conversation_until_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_group_sends_fail_with_typed_errors() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
-    let dan_token = server.user_with_token("dan").await;
-    let alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let mut bob = DeviceSpec::new(&server, "bob-1")
-        .login("bob", &bob_token)
-        .await;
-    let dan = DeviceSpec::new(&server, "dan-1")
-        .login("dan", &dan_token)
-        .await;
-    alice
-        .groups()
-        .create(create_request("quiet", &["bob"]))
-        .await
-        .expect("create");
-    alice
-        .groups()
-        .mute(&gid("quiet"), vec![user("bob")], 600)
-        .await
-        .expect("mute");
+    let [(alice, _), (mut bob, _)] = in_a_group(&server, "quiet", ["alice", "bob"]).await;
+    let (dan, _) = sign_up(&server, "dan").await;
+    alice.mute("quiet", "bob", 600).await;
 
     let err = bob
         .chat()
@@ -943,42 +874,15 @@ async fn refused_group_sends_fail_with_typed_errors() {
         .await
         .expect_err("muted");
     assert_eq!(err.kind(), ErrorKind::Server(ErrorCode::Muted), "{err}");
-    let failed = wait_for(&mut bob.events, "failed status", |e| {
-        matches!(
-            e,
-            ClientEvent::MessageStatusChanged {
-                status: MessageStatus::Failed,
-                ..
-            }
-        )
-    })
-    .await;
-    let ClientEvent::MessageStatusChanged {
-        conversation_id,
-        client_msg_id,
-        error,
-        ..
-    } = failed
-    else {
-        unreachable!("matched above")
-    };
+    let (conversation_id, client_msg_id, error) = bob.wait_failed().await;
     assert_eq!(conversation_id, group_conv("quiet"));
     assert_eq!(error.map(|e| e.code), Some(ErrorCode::Muted));
-    let local = bob
-        .chat()
-        .local_message(&client_msg_id)
-        .await
-        .expect("read")
-        .expect("kept");
+    let local = bob.local_message(&client_msg_id).await;
     assert_eq!(local.status, MessageStatus::Failed);
     assert_eq!(local.to, Peer::Group(gid("quiet")));
 
     // Unmuted, the failed message can be sent again with its id.
-    alice
-        .groups()
-        .mute(&gid("quiet"), vec![user("bob")], 0)
-        .await
-        .expect("unmute");
+    alice.mute("quiet", "bob", 0).await;
     let resent = bob.chat().resend(&client_msg_id).await.expect("resend");
     assert_eq!(
         (resent.seq, resent.client_msg_id.as_str()),
@@ -1017,23 +921,8 @@ async fn refused_group_sends_fail_with_typed_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_learn_who_read_their_group_messages() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
-    let carol_token = server.user_with_token("carol").await;
-    let mut alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let mut bob = DeviceSpec::new(&server, "bob-1")
-        .login("bob", &bob_token)
-        .await;
-    let mut carol = DeviceSpec::new(&server, "carol-1")
-        .login("carol", &carol_token)
-        .await;
-    alice
-        .groups()
-        .create(create_request("r", &["bob", "carol"]))
-        .await
-        .expect("create");
+    let [(mut alice, _), (mut bob, _), (mut carol, _)] =
+        in_a_group(&server, "r", ["alice", "bob", "carol"]).await;
     let g = group_conv("r");
     let first = alice.send_group("r", "one", None).await;
     let second = alice.send_group("r", "two", None).await;
@@ -1042,21 +931,11 @@ async fn senders_learn_who_read_their_group_messages() {
     carol.receive_exactly(3).await;
 
     bob.chat().mark_read(&g, None).await.expect("read");
-    let event = wait_for(&mut alice.events, "group_read", |e| {
-        matches!(e, ClientEvent::GroupRead(_))
-    })
-    .await;
-    let ClientEvent::GroupRead(event) = event else {
-        unreachable!("matched above")
-    };
+    let event = alice.group_read().await;
     assert_eq!(event.conversation_id, g);
     assert_eq!(event.reader, Some(user("bob")));
     assert_eq!(event.read_seq, 3);
-    let counts: Vec<(u64, u32, u32)> = event
-        .messages
-        .iter()
-        .map(|m| (m.seq, m.read_count, m.unread_count))
-        .collect();
+    let counts = read_counts(&event);
     assert_eq!(
         counts,
         [(2, 1, 1), (3, 1, 1)],
@@ -1090,22 +969,12 @@ async fn senders_learn_who_read_their_group_messages() {
 
     // Carol reads only the first message: one event, for seq 2.
     carol.chat().mark_read(&g, Some(2)).await.expect("read");
-    let event = wait_for(&mut alice.events, "group_read", |e| {
-        matches!(e, ClientEvent::GroupRead(_))
-    })
-    .await;
-    let ClientEvent::GroupRead(event) = event else {
-        unreachable!("matched above")
-    };
+    let event = alice.group_read().await;
     assert_eq!(
         (event.reader.as_ref().map(|r| r.as_str()), event.read_seq),
         (Some("carol"), 2)
     );
-    let counts: Vec<(u64, u32, u32)> = event
-        .messages
-        .iter()
-        .map(|m| (m.seq, m.read_count, m.unread_count))
-        .collect();
+    let counts = read_counts(&event);
     assert_eq!(counts, [(2, 2, 0)]);
 
     // Paging the readers of seq 2, one at a time.
@@ -1149,31 +1018,10 @@ async fn senders_learn_who_read_their_group_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_sync_counts_them() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
-    let carol_token = server.user_with_token("carol").await;
-    let alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let mut bob = DeviceSpec::new(&server, "bob-1")
-        .login("bob", &bob_token)
-        .await;
-    let mut carol = DeviceSpec::new(&server, "carol-1")
-        .login("carol", &carol_token)
-        .await;
-    alice
-        .groups()
-        .create(create_request("noisy", &["bob", "carol"]))
-        .await
-        .expect("create");
+    let [(alice, _), (mut bob, _), (mut carol, carol_token)] =
+        in_a_notified_group(&server, "noisy", ["alice", "bob", "carol"]).await;
     let g = group_conv("noisy");
-    bob.receive_exactly(1).await;
-    carol.receive_exactly(1).await;
-    carol
-        .groups()
-        .members(all_members("noisy"))
-        .await
-        .expect("members");
+    carol.fetch_members("noisy").await;
 
     carol
         .groups()
@@ -1181,19 +1029,13 @@ async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_sync_counts_th
         .await
         .expect("block messages");
     let me = carol
-        .groups()
-        .cached_members(&gid("noisy"))
+        .cached_members("noisy")
         .await
-        .expect("cache")
         .into_iter()
         .find(|m| m.user_id == user("carol"))
         .expect("carol's row");
     assert!(!me.receive_messages);
-    let members = alice
-        .groups()
-        .members(all_members("noisy"))
-        .await
-        .expect("members");
+    let members = alice.fetch_members("noisy").await;
     let carol_row = members
         .members
         .iter()
@@ -1230,10 +1072,18 @@ async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_sync_counts_th
     assert_eq!(err, Some(ErrorCode::NotGroupMember));
 }
 
+/// Each message of a `GroupRead` event: its seq, read count and unread count.
+fn read_counts(event: &GroupReadEvent) -> Vec<(u64, u32, u32)> {
+    event
+        .messages
+        .iter()
+        .map(|m| (m.seq, m.read_count, m.unread_count))
+        .collect()
+}
+
 /// `group_set_receive` by a user who is not a member of the group.
 async fn server_outsider_set_receive(server: &TestServer) -> Option<ErrorCode> {
-    let token = server.user_with_token("eve").await;
-    let eve = DeviceSpec::new(server, "eve-1").login("eve", &token).await;
+    let (eve, _) = sign_up(server, "eve").await;
     eve.groups()
         .set_receive(&gid("noisy"), false)
         .await
@@ -1244,28 +1094,12 @@ async fn server_outsider_set_receive(server: &TestServer) -> Option<ErrorCode> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_left_behind_does_not_stall_a_new_devices_sync() {
     let server = fast_server().await;
-    let alice_token = server.user_with_token("alice").await;
-    let bob_token = server.user_with_token("bob").await;
-    let alice = DeviceSpec::new(&server, "alice-1")
-        .login("alice", &alice_token)
-        .await;
-    let bob = DeviceSpec::new(&server, "bob-1")
-        .login("bob", &bob_token)
-        .await;
-    alice
-        .groups()
-        .create(create_request("left", &["bob"]))
-        .await
-        .expect("create");
+    let [(alice, _), (bob, bob_token)] = in_a_group(&server, "left", ["alice", "bob"]).await;
     let mine = bob.send_group("left", "bye", None).await;
     assert_eq!(mine.seq, 2);
     bob.groups().leave(&gid("left")).await.expect("leave");
     alice.send_group("left", "after bob", None).await;
-    let direct = alice
-        .chat()
-        .send(user("bob"), MessageContent::text("still friends"), None)
-        .await
-        .expect("send");
+    let direct = alice.send_text("bob", "still friends").await;
 
     // A new device of bob's: sync finishes (login waits for it) and brings the rest.
     let fresh = DeviceSpec::new(&server, "bob-2")

@@ -31,23 +31,22 @@
 //! exactly the acked ones (no loss, no mismatch) with no seq delivered for two messages
 //! (`seq_collisions`) and no message delivered twice.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
-use magpie_proto::{Codec, Platform};
+use anyhow::bail;
+use magpie_proto::Codec;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{
-    BenchTag, Conn, EventName, FastFrame, FrameKind, SendTemplate, WsSink, WsStream, payload,
+use crate::client::{EventName, FrameKind, SendTemplate, WsStream};
+use crate::metrics::{Percentiles, ProcReport, ServiceReport};
+use crate::scenarios::load::{
+    self, FIRST_SEND_ID, Flow, Samplers, Scenario, Sender, connect_all, lock, read_frames,
 };
-use crate::metrics::ServiceReport;
-use crate::metrics::{self, Percentiles, ProcReport, SharedHistogram};
-use crate::scenarios::{ClusterLayout, Common, TargetSamplers, padding};
+pub use crate::scenarios::load::{Tick, Totals};
+use crate::scenarios::{ClusterLayout, Common, padding};
 use crate::target::{Target, TargetKind, ring_nodes, same_node_pairs};
 
 /// How the load is offered.
@@ -106,19 +105,6 @@ impl Default for C2cOptions {
     }
 }
 
-/// Totals over the whole run (warmup and drain included).
-#[derive(Clone, Copy, Debug, Default, Serialize)]
-pub struct Totals {
-    /// Sends written.
-    pub sent: u64,
-    /// Sends answered with success.
-    pub acked: u64,
-    /// Messages received by their recipient (duplicates included).
-    pub delivered: u64,
-    /// Sends answered with an error.
-    pub send_errors: u64,
-}
-
 /// What went wrong, if anything.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Correctness {
@@ -175,19 +161,6 @@ impl Correctness {
     }
 }
 
-/// Counters at one second of the run.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Tick {
-    /// Seconds since the load started.
-    pub t_s: f64,
-    /// Totals so far.
-    pub sent: u64,
-    /// Acked so far.
-    pub acked: u64,
-    /// Delivered so far.
-    pub delivered: u64,
-}
-
 /// The result of one c2c run against one target.
 #[derive(Clone, Debug, Serialize)]
 pub struct C2cRun {
@@ -240,8 +213,6 @@ impl C2cRun {
 
 const NOT_ACKED: u64 = 0;
 const ACKED_WITHOUT_SEQ: u64 = u64::MAX;
-/// Request ids of sends are `FIRST_SEND_ID + k` (the login used id 1).
-const FIRST_SEND_ID: u64 = 2;
 
 /// One sender's messages: how each was acked and delivered.
 #[derive(Debug, Default)]
@@ -343,65 +314,15 @@ impl Ledger {
     }
 }
 
-/// State shared by every task of a run.
+/// State shared by every task of a run: the common counters and, per sender, its ledger.
 struct Shared {
-    base: Instant,
-    codec: Codec,
-    users: usize,
-    window_us: (u64, u64),
-    closed_loop: bool,
-    sent: AtomicU64,
-    acked: AtomicU64,
-    delivered: AtomicU64,
-    send_errors: AtomicU64,
-    undecodable: AtomicU64,
-    misdelivered: AtomicU64,
-    closed_by_server: AtomicU64,
-    stopping: AtomicBool,
-    first_close_code: Mutex<Option<u16>>,
-    first_error: Mutex<Option<String>>,
-    latency: SharedHistogram,
-    ack_latency: SharedHistogram,
+    flow: Arc<Flow>,
     ledgers: Vec<Mutex<Ledger>>,
-    permits: Vec<Semaphore>,
 }
 
 impl Shared {
-    fn now_us(&self) -> u64 {
-        self.base.elapsed().as_micros() as u64
-    }
-
-    fn in_window(&self, t: u64) -> bool {
-        t >= self.window_us.0 && t < self.window_us.1
-    }
-
-    fn ledger(&self, s: usize) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledgers[s]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Counts a connection the server closed (unless the bench is closing them itself).
-    fn server_closed(&self, code: Option<u16>) {
-        if self.stopping.load(Ordering::Relaxed) {
-            return;
-        }
-        self.closed_by_server.fetch_add(1, Ordering::Relaxed);
-        if let Some(code) = code {
-            self.first_close_code
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get_or_insert(code);
-        }
-    }
-
-    fn totals(&self) -> Totals {
-        Totals {
-            sent: self.sent.load(Ordering::Relaxed),
-            acked: self.acked.load(Ordering::Relaxed),
-            delivered: self.delivered.load(Ordering::Relaxed),
-            send_errors: self.send_errors.load(Ordering::Relaxed),
-        }
+    fn ledger(&self, s: usize) -> MutexGuard<'_, Ledger> {
+        lock(&self.ledgers[s])
     }
 }
 
@@ -438,64 +359,21 @@ pub async fn run(
         layout.same_node_pairs = Some(same_node_pairs(&assign));
         layout
     });
-    let assign = &assign;
-    let bar = common.progress.bar(users as u64, "connecting");
-    let conns: Vec<anyhow::Result<(usize, Conn)>> =
-        futures_util::stream::iter(names.iter().zip(&tokens).enumerate())
-            .map(|(i, (name, token))| {
-                let bar = bar.clone();
-                async move {
-                    let endpoint = target.endpoint(assign[i]);
-                    let mut conn = Conn::open(endpoint, common.codec, common.sources.pick(i))
-                        .await
-                        .with_context(|| format!("connecting {name}"))?;
-                    conn.login(name, token, "bench", Platform::Linux)
-                        .await
-                        .with_context(|| format!("login of {name}"))?;
-                    bar.inc(1);
-                    Ok((i, conn))
-                }
-            })
-            .buffer_unordered(200)
-            .collect()
-            .await;
-    bar.finish_and_clear();
-    let mut conns = conns.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    conns.sort_by_key(|(i, _)| *i);
+    let conns = connect_all(target, common, &names, &tokens, &assign).await?;
 
-    let (window, closed_loop) = match opts.mode {
-        LoadMode::Closed { window } => (window.max(1), true),
-        LoadMode::Open { .. } => (0, false),
-    };
     let warmup_us = opts.warmup.as_micros() as u64;
     let end_us = warmup_us + opts.duration.as_micros() as u64;
-    let base = Instant::now();
-    let shared = Arc::new(Shared {
-        base,
-        codec: common.codec,
+    let flow = Arc::new(Flow::new(
+        common.codec,
+        opts.mode,
         users,
-        window_us: (warmup_us, end_us),
-        closed_loop,
-        sent: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        send_errors: AtomicU64::new(0),
-        undecodable: AtomicU64::new(0),
-        misdelivered: AtomicU64::new(0),
-        closed_by_server: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-        first_close_code: Mutex::new(None),
-        first_error: Mutex::new(None),
-        latency: SharedHistogram::new(16),
-        ack_latency: SharedHistogram::new(16),
+        (warmup_us, end_us),
+    ));
+    let shared = Arc::new(Shared {
+        flow: Arc::clone(&flow),
         ledgers: (0..users).map(|_| Mutex::new(Ledger::default())).collect(),
-        permits: (0..users)
-            .map(|_| Semaphore::new(if closed_loop { window } else { 0 }))
-            .collect(),
     });
-
-    let server_sampler = TargetSamplers::start(target, base, common.sample_every);
-    let self_sampler = metrics::maybe_sample(Some(std::process::id()), base, common.sample_every);
+    let samplers = Samplers::start(target, flow.base, common.sample_every);
 
     let stop = CancellationToken::new();
     let text: Arc<str> = Arc::from(padding(opts.size));
@@ -509,13 +387,11 @@ pub async fn run(
             i,
             template,
             sink,
-            shared: Arc::clone(&shared),
+            flow: Arc::clone(&flow),
             stop: stop.clone(),
+            limit: None,
         };
-        senders.push(match opts.mode {
-            LoadMode::Closed { .. } => tokio::spawn(task.closed_loop()),
-            LoadMode::Open { rate } => tokio::spawn(task.open_loop(rate)),
-        });
+        senders.push(task.spawn(opts.mode));
     }
 
     // Drive the clock: ticks, the window boundaries, the progress bar.
@@ -523,99 +399,26 @@ pub async fn run(
     let bar = common
         .progress
         .timer(total_s, &format!("{} {label}", target.kind.name()));
-    let mut ticks = Vec::new();
-    let mut at_start = None;
-    let mut clock = tokio::time::interval(Duration::from_millis(250));
-    let mut last_tick_s = 0u64;
-    let mut prev = shared.totals();
-    loop {
-        clock.tick().await;
-        let now_us = shared.now_us();
-        let totals = shared.totals();
-        if at_start.is_none() && now_us >= warmup_us {
-            at_start = Some((now_us, totals));
-        }
-        let whole_s = now_us / 1_000_000;
-        if whole_s > last_tick_s {
-            let dt = (whole_s - last_tick_s) as f64;
-            bar.set_position(whole_s.min(total_s));
-            bar.set_message(format!(
-                "sent {:.0}/s acked {:.0}/s delivered {:.0}/s",
-                (totals.sent - prev.sent) as f64 / dt,
-                (totals.acked - prev.acked) as f64 / dt,
-                (totals.delivered - prev.delivered) as f64 / dt,
-            ));
-            ticks.push(Tick {
-                t_s: now_us as f64 / 1e6,
-                sent: totals.sent,
-                acked: totals.acked,
-                delivered: totals.delivered,
-            });
-            prev = totals;
-            last_tick_s = whole_s;
-        }
-        if now_us >= end_us {
-            break;
-        }
-    }
-    let at_end = (shared.now_us(), shared.totals());
+    let clocked = load::drive(&flow, &bar, Some(total_s), warmup_us, |now_us, _| {
+        now_us >= end_us
+    })
+    .await;
     stop.cancel();
     bar.finish_and_clear();
-    let window_ms = (
-        at_start.map_or(warmup_us, |(t, _)| t) / 1000,
-        at_end.0 / 1000,
-    );
-    let (server, services) = server_sampler.finish(window_ms.0, window_ms.1).await;
-    let generator = metrics::maybe_finish(self_sampler, window_ms.0, window_ms.1).await;
+    let (server, services, generator) = samplers.finish(clocked.window_ms(warmup_us)).await;
 
     // Stop sending, then drain: every send answered, every ack delivered.
-    // A sender blocked on a socket the server no longer reads cannot see the stop: give up
-    // on it after a while.
-    let mut sinks = Vec::with_capacity(users);
-    for mut sender in senders {
-        match tokio::time::timeout(Duration::from_secs(5), &mut sender).await {
-            Ok(Ok(sink)) => sinks.push(sink),
-            _ => sender.abort(),
-        }
-    }
+    load::wind_down(&flow, senders, Vec::new(), readers, 1, opts.drain_timeout).await;
 
-    let drain_deadline = Instant::now() + opts.drain_timeout;
-    loop {
-        let t = shared.totals();
-        if t.acked + t.send_errors >= t.sent && t.delivered >= t.acked {
-            break;
-        }
-        if Instant::now() > drain_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // A short grace period lets late duplicates show up.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    shared.stopping.store(true, Ordering::Relaxed);
-    futures_util::future::join_all(sinks.into_iter().map(|mut sink| async move {
-        let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
-    }))
-    .await;
-    for reader in &readers {
-        reader.abort();
-    }
-
-    let totals = shared.totals();
-    let (start_us, start_totals) = at_start.unwrap_or((warmup_us, Totals::default()));
-    let secs = (at_end.0.saturating_sub(start_us)) as f64 / 1e6;
-    let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs.max(1e-9);
+    let rates = clocked.rates(warmup_us);
+    let totals = flow.totals();
     let mut correctness = Correctness {
-        undecodable: shared.undecodable.load(Ordering::Relaxed),
-        misdelivered: shared.misdelivered.load(Ordering::Relaxed),
+        undecodable: flow.undecodable.load(Ordering::Relaxed),
+        misdelivered: flow.misdelivered.load(Ordering::Relaxed),
         unanswered: totals
             .sent
             .saturating_sub(totals.acked + totals.send_errors),
-        first_error: shared
-            .first_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone(),
+        first_error: lock(&flow.first_error).clone(),
         ..Correctness::default()
     };
     for s in 0..users {
@@ -638,23 +441,22 @@ pub async fn run(
         load: opts.mode,
         users,
         size: opts.size,
-        duration_s: secs,
+        duration_s: rates.secs,
         warmup_s: opts.warmup.as_secs_f64(),
-        sent_per_sec: rate(start_totals.sent, at_end.1.sent),
-        acked_per_sec: rate(start_totals.acked, at_end.1.acked),
-        delivered_per_sec: rate(start_totals.delivered, at_end.1.delivered),
-        latency: Percentiles::of(&shared.latency.merged()),
-        ack_latency: Percentiles::of(&shared.ack_latency.merged()),
+        sent_per_sec: rates.sent,
+        acked_per_sec: rates.acked,
+        delivered_per_sec: rates.delivered,
+        latency: Percentiles::of(&flow.latency.merged()),
+        ack_latency: Percentiles::of(&flow.ack_latency.merged()),
         totals,
         correctness,
         server,
         generator,
-        ticks,
+        ticks: clocked.ticks,
         cluster,
         services,
     })
 }
-
 /// Seqs delivered for two different messages of one conversation. The conversation of sender
 /// `s` is {s, (s + 1) % users}; with 2 users both senders share one.
 fn seq_collisions(shared: &Shared, users: usize) -> u64 {
@@ -677,185 +479,48 @@ fn seq_collisions(shared: &Shared, users: usize) -> u64 {
         .sum()
 }
 
-/// One user's sending half.
-struct Sender {
-    i: usize,
-    template: SendTemplate,
-    sink: WsSink,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-}
-
-impl Sender {
-    /// Feeds one message scheduled at `t` (µs); does not flush.
-    async fn feed(&mut self, k: u64, t: u64) -> bool {
-        let tag = BenchTag {
-            s: self.i as u32,
-            k,
-            t,
-        };
-        let Ok(message) = self.template.render(FIRST_SEND_ID + k, tag) else {
-            return false;
-        };
-        if self.sink.feed(message).await.is_err() {
-            return false;
-        }
-        self.shared.sent.fetch_add(1, Ordering::Relaxed);
-        true
-    }
-
-    /// `window` in flight; each ack frees a slot. Sends every free slot, then flushes.
-    async fn closed_loop(mut self) -> WsSink {
-        let shared = Arc::clone(&self.shared);
-        let permits = &shared.permits[self.i];
-        let mut k = 0u64;
-        loop {
-            let permit = tokio::select! {
-                _ = self.stop.cancelled() => break,
-                permit = permits.acquire() => permit,
-            };
-            let Ok(permit) = permit else { break };
-            permit.forget();
-            let mut n = 1;
-            while let Ok(permit) = permits.try_acquire() {
-                permit.forget();
-                n += 1;
-            }
-            for _ in 0..n {
-                let t = shared.now_us();
-                if !self.feed(k, t).await {
-                    return self.sink;
-                }
-                k += 1;
-            }
-            if self.sink.flush().await.is_err() {
-                break;
-            }
-        }
-        self.sink
-    }
-
-    /// A fixed timetable of `rate / users` msg/s, staggered by sender; late messages go out
-    /// at once, stamped with their scheduled time.
-    async fn open_loop(mut self, rate: f64) -> WsSink {
-        let shared = Arc::clone(&self.shared);
-        let per_sender = (rate / shared.users as f64).max(1e-6);
-        let interval_us = 1e6 / per_sender;
-        let phase_us = interval_us * self.i as f64 / shared.users as f64;
-        let due = |k: u64| (phase_us + k as f64 * interval_us) as u64;
-        let mut k = 0u64;
-        loop {
-            let now = shared.now_us();
-            let next = due(k);
-            if next > now {
-                tokio::select! {
-                    _ = self.stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_micros(next - now)) => {}
-                }
-            } else if self.stop.is_cancelled() {
-                break;
-            }
-            let now = shared.now_us();
-            let mut batch = 0;
-            while due(k) <= now && batch < 256 {
-                if !self.feed(k, due(k)).await {
-                    return self.sink;
-                }
-                k += 1;
-                batch += 1;
-            }
-            if self.sink.flush().await.is_err() {
-                break;
-            }
-        }
-        self.sink
-    }
-}
 
 /// One user's reading half: acks of its sends, deliveries addressed to it.
-async fn reader(j: usize, mut stream: WsStream, shared: Arc<Shared>) {
-    while let Some(next) = stream.next().await {
-        let message = match next {
-            Ok(message) => message,
-            Err(_) => {
-                shared.server_closed(None);
-                break;
-            }
-        };
-        let Some(bytes) = payload(&message) else {
-            if let tokio_tungstenite::tungstenite::Message::Close(frame) = &message {
-                shared.server_closed(frame.as_ref().map(|f| u16::from(f.code)));
-                break;
-            }
-            continue;
-        };
-        let now = shared.now_us();
-        let frame = match FastFrame::decode(shared.codec, bytes) {
-            Ok(frame) => frame,
-            Err(_) => {
-                shared.undecodable.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
-        match frame.kind {
-            FrameKind::Response => {
-                let Some(k) = frame.id.and_then(|id| id.checked_sub(FIRST_SEND_ID)) else {
-                    continue;
-                };
-                let (seq, tag) = frame.ack();
-                shared.ledger(j).ack(k, seq);
-                shared.acked.fetch_add(1, Ordering::Relaxed);
-                if let Some(tag) = tag
-                    && shared.in_window(tag.t)
-                {
-                    shared.ack_latency.record(j, now.saturating_sub(tag.t));
-                }
-                if shared.closed_loop {
-                    shared.permits[j].add_permits(1);
-                }
-            }
-            FrameKind::Error => {
-                shared.send_errors.fetch_add(1, Ordering::Relaxed);
-                let mut first = shared
-                    .first_error
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if first.is_none() {
-                    *first = Some(format!(
-                        "request {:?}: code {:?}",
-                        frame.id,
-                        frame.error.as_ref().map(|e| e.code)
-                    ));
-                }
-                drop(first);
-                if shared.closed_loop {
-                    shared.permits[j].add_permits(1);
-                }
-            }
-            FrameKind::Event if frame.event == Some(EventName::Message) => {
-                let Some(tag) = frame.event_tag() else {
-                    continue;
-                };
-                let s = tag.s as usize;
-                if s >= shared.users {
-                    shared.undecodable.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                shared.delivered.fetch_add(1, Ordering::Relaxed);
-                if (s + 1) % shared.users != j {
-                    shared.misdelivered.fetch_add(1, Ordering::Relaxed);
-                }
-                if shared.in_window(tag.t) {
-                    shared.latency.record(j, now.saturating_sub(tag.t));
-                }
-                let seq = frame.data.as_ref().and_then(|d| d.seq);
-                shared.ledger(s).deliver(tag.k, seq);
-            }
-            FrameKind::Event => {}
+async fn reader(j: usize, stream: WsStream, shared: Arc<Shared>) {
+    let flow = &shared.flow;
+    let users = flow.senders;
+    read_frames(stream, flow, |frame, now| match frame.kind {
+        FrameKind::Response => {
+            let Some(k) = frame.id.and_then(|id| id.checked_sub(FIRST_SEND_ID)) else {
+                return;
+            };
+            let (seq, tag) = frame.ack();
+            shared.ledger(j).ack(k, seq);
+            flow.acked(j, tag, now);
+            flow.release(j);
         }
-    }
+        FrameKind::Error => {
+            flow.send_error(&frame);
+            flow.release(j);
+        }
+        FrameKind::Event if frame.event == Some(EventName::Message) => {
+            let Some(tag) = frame.event_tag() else {
+                return;
+            };
+            let s = tag.s as usize;
+            if s >= users {
+                flow.undecodable.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            flow.delivered.fetch_add(1, Ordering::Relaxed);
+            if (s + 1) % users != j {
+                flow.misdelivered.fetch_add(1, Ordering::Relaxed);
+            }
+            if flow.in_window(tag.t) {
+                flow.latency.record(j, now.saturating_sub(tag.t));
+            }
+            let seq = frame.data.as_ref().and_then(|d| d.seq);
+            shared.ledger(s).deliver(tag.k, seq);
+        }
+        FrameKind::Event => {}
+    })
+    .await;
 }
-
 /// A closed-loop maximum, then optional open-loop steps, against Magpie and optionally the
 /// relay first.
 #[derive(Clone, Debug)]
@@ -867,15 +532,7 @@ pub struct SuiteOptions {
 }
 
 /// One open-loop step of a sweep.
-#[derive(Clone, Debug, Serialize)]
-pub struct SweepPoint {
-    /// The fraction of the reference rate.
-    pub fraction: f64,
-    /// Offered messages per second.
-    pub offered_per_sec: f64,
-    /// The run.
-    pub run: C2cRun,
-}
+pub type SweepPoint = load::SweepPoint<C2cRun>;
 
 /// Everything a `c2c` invocation measured.
 #[derive(Clone, Debug, Serialize)]
@@ -905,6 +562,48 @@ impl C2cSuite {
     }
 }
 
+/// The `c2c` scenario, for [`load::suite`].
+struct C2c;
+
+impl Scenario for C2c {
+    type Options = C2cOptions;
+    type Run = C2cRun;
+    const NAME: &'static str = "c2c";
+
+    fn describe(opts: &C2cOptions) -> String {
+        format!("{} users, {}", opts.users, opts.mode.describe())
+    }
+
+    fn mode(opts: &C2cOptions) -> LoadMode {
+        opts.mode
+    }
+
+    fn at_rate(opts: &C2cOptions, rate: f64) -> C2cOptions {
+        C2cOptions {
+            mode: LoadMode::Open { rate },
+            ..opts.clone()
+        }
+    }
+
+    fn delivered_per_sec(run: &C2cRun) -> f64 {
+        run.delivered_per_sec
+    }
+
+    /// The maximum delivered/s.
+    fn closed_reference(run: &C2cRun) -> f64 {
+        run.delivered_per_sec
+    }
+
+    async fn run(
+        target: &Target,
+        opts: &C2cOptions,
+        common: &Common,
+        label: &str,
+    ) -> anyhow::Result<C2cRun> {
+        run(target, opts, common, label).await
+    }
+}
+
 /// Runs the relay baseline (if given), Magpie, and the sweep.
 pub async fn suite(
     magpie: &Target,
@@ -912,70 +611,15 @@ pub async fn suite(
     opts: &SuiteOptions,
     common: &Common,
 ) -> anyhow::Result<C2cSuite> {
-    let relay_run = match relay {
-        Some(relay) => {
-            common.progress.note(format!(
-                "c2c: relay baseline, {} users, {}",
-                opts.run.users,
-                opts.run.mode.describe()
-            ));
-            Some(run(relay, &opts.run, common, "relay").await?)
-        }
-        None => None,
-    };
-    common.progress.note(format!(
-        "c2c: magpie, {} users, {}",
-        opts.run.users,
-        opts.run.mode.describe()
-    ));
-    let magpie_run = run(magpie, &opts.run, common, "magpie").await?;
-    let ratio_to_relay = relay_run
-        .as_ref()
-        .map(|r| magpie_run.delivered_per_sec / r.delivered_per_sec.max(1e-9));
-    let reference = match opts.run.mode {
-        LoadMode::Closed { .. } => magpie_run.delivered_per_sec,
-        LoadMode::Open { rate } => rate,
-    };
-    let mut sweep_magpie = Vec::new();
-    let mut sweep_relay = Vec::new();
-    for (step, &fraction) in opts.sweep.iter().enumerate() {
-        let offered = (reference * fraction).max(1.0);
-        let step_opts = C2cOptions {
-            mode: LoadMode::Open { rate: offered },
-            ..opts.run.clone()
-        };
-        if let Some(relay) = relay {
-            common.progress.note(format!(
-                "c2c sweep: relay at {offered:.0} msg/s ({:.0}% of magpie max)",
-                fraction * 100.0
-            ));
-            let run = run(relay, &step_opts, common, &format!("rs{step}")).await?;
-            sweep_relay.push(SweepPoint {
-                fraction,
-                offered_per_sec: offered,
-                run,
-            });
-        }
-        common.progress.note(format!(
-            "c2c sweep: magpie at {offered:.0} msg/s ({:.0}% of max)",
-            fraction * 100.0
-        ));
-        let run = run(magpie, &step_opts, common, &format!("ms{step}")).await?;
-        sweep_magpie.push(SweepPoint {
-            fraction,
-            offered_per_sec: offered,
-            run,
-        });
-    }
+    let runs = load::suite::<C2c>(magpie, relay, &opts.run, &opts.sweep, common).await?;
     Ok(C2cSuite {
-        relay: relay_run,
-        magpie: magpie_run,
-        ratio_to_relay,
-        sweep_magpie,
-        sweep_relay,
+        relay: runs.relay,
+        magpie: runs.magpie,
+        ratio_to_relay: runs.ratio_to_relay,
+        sweep_magpie: runs.sweep_magpie,
+        sweep_relay: runs.sweep_relay,
     })
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

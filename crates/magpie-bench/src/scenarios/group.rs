@@ -51,23 +51,24 @@
 //! duplicates, mismatches, collisions and gaps still fail it.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
-use magpie_proto::{Codec, Platform};
+use futures_util::StreamExt;
+use magpie_proto::Codec;
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{
-    BenchTag, Conn, EventName, FastFrame, FrameKind, SendTemplate, WsSink, WsStream, payload,
-};
+use crate::client::{EventName, FrameKind, SendTemplate, WsStream};
 use crate::metrics::{self, Percentiles, ProcReport, ServiceReport, SharedHistogram};
 use crate::scenarios::c2c::LoadMode;
-use crate::scenarios::{ClusterLayout, Common, TargetSamplers, padding};
+use crate::scenarios::load::{
+    self, FIRST_SEND_ID, Flow, Samplers, Scenario, Sender, connect_all, lock, read_frames,
+};
+pub use crate::scenarios::load::Tick;
+use crate::scenarios::{ClusterLayout, Common, padding};
 use crate::target::{Target, TargetKind};
 
 /// Members one REST call adds (the server's `MAX_USERS_PER_CALL`).
@@ -211,19 +212,6 @@ impl Correctness {
     }
 }
 
-/// Counters at one second of the run.
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Tick {
-    /// Seconds since the load started.
-    pub t_s: f64,
-    /// Sent so far.
-    pub sent: u64,
-    /// Acked so far.
-    pub acked: u64,
-    /// Delivered so far.
-    pub delivered: u64,
-}
-
 /// The result of one group run against one target.
 #[derive(Clone, Debug, Serialize)]
 pub struct GroupRun {
@@ -288,8 +276,6 @@ impl GroupRun {
 
 const NOT_ACKED: u64 = 0;
 const WITHOUT_SEQ: u64 = u64::MAX;
-/// Request ids of sends are `FIRST_SEND_ID + k` (the login used id 1).
-const FIRST_SEND_ID: u64 = 2;
 
 /// One sender's messages: the seq each was acked with, the seq it was delivered with, and to
 /// how many recipients.
@@ -486,73 +472,29 @@ impl Inbox {
     }
 }
 
-/// State shared by every task of a run.
+/// State shared by every task of a run: the common counters, and what only a group counts.
 struct Shared {
-    base: Instant,
-    codec: Codec,
-    senders: usize,
+    flow: Arc<Flow>,
     recipients: u32,
-    window_us: (u64, u64),
-    closed_loop: bool,
-    sent: AtomicU64,
-    acked: AtomicU64,
-    delivered: AtomicU64,
-    send_errors: AtomicU64,
     notices: AtomicU64,
-    undecodable: AtomicU64,
-    misdelivered: AtomicU64,
-    closed_by_server: AtomicU64,
-    stopping: AtomicBool,
-    first_close_code: Mutex<Option<u16>>,
-    first_error: Mutex<Option<String>>,
     notice_seqs: Mutex<BTreeSet<u64>>,
-    latency: SharedHistogram,
     reached_all: SharedHistogram,
-    ack_latency: SharedHistogram,
     ledgers: Vec<Mutex<Ledger>>,
     inboxes: Vec<Mutex<Inbox>>,
-    permits: Vec<Semaphore>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
-    fn now_us(&self) -> u64 {
-        self.base.elapsed().as_micros() as u64
-    }
-
-    fn in_window(&self, t: u64) -> bool {
-        t >= self.window_us.0 && t < self.window_us.1
-    }
-
-    fn server_closed(&self, code: Option<u16>) {
-        if self.stopping.load(Ordering::Relaxed) {
-            return;
-        }
-        self.closed_by_server.fetch_add(1, Ordering::Relaxed);
-        if let Some(code) = code {
-            lock(&self.first_close_code).get_or_insert(code);
-        }
-    }
-
     fn totals(&self) -> Totals {
+        let t = self.flow.totals();
         Totals {
-            sent: self.sent.load(Ordering::Relaxed),
-            acked: self.acked.load(Ordering::Relaxed),
-            delivered: self.delivered.load(Ordering::Relaxed),
-            send_errors: self.send_errors.load(Ordering::Relaxed),
+            sent: t.sent,
+            acked: t.acked,
+            delivered: t.delivered,
+            send_errors: t.send_errors,
             notices: self.notices.load(Ordering::Relaxed),
         }
     }
-
-    /// Every send answered and every acked message delivered to every recipient.
-    fn drained(&self, t: &Totals) -> bool {
-        t.acked + t.send_errors >= t.sent && t.delivered >= t.acked * u64::from(self.recipients)
-    }
 }
-
 /// Creates the group `group` with `names` as its members (the first one owns it).
 async fn create_group(target: &Target, group: &str, names: &[String]) -> anyhow::Result<()> {
     let admin = target.admin()?;
@@ -621,35 +563,10 @@ pub async fn run(
 
     // Connect and log every member in, round robin over a cluster's nodes.
     let nodes = target.node_count();
-    let cluster = ClusterLayout::of(target, (0..members).map(|i| i % nodes));
-    let bar = common.progress.bar(members as u64, "connecting");
-    let conns: Vec<anyhow::Result<(usize, Conn)>> =
-        futures_util::stream::iter(names.iter().zip(&tokens).enumerate())
-            .map(|(i, (name, token))| {
-                let bar = bar.clone();
-                async move {
-                    let mut conn =
-                        Conn::open(target.endpoint(i), common.codec, common.sources.pick(i))
-                            .await
-                            .with_context(|| format!("connecting {name}"))?;
-                    conn.login(name, token, "bench", Platform::Linux)
-                        .await
-                        .with_context(|| format!("login of {name}"))?;
-                    bar.inc(1);
-                    Ok((i, conn))
-                }
-            })
-            .buffer_unordered(200)
-            .collect()
-            .await;
-    bar.finish_and_clear();
-    let mut conns = conns.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
-    conns.sort_by_key(|(i, _)| *i);
+    let assign: Vec<usize> = (0..members).map(|i| i % nodes).collect();
+    let cluster = ClusterLayout::of(target, assign.iter().copied());
+    let conns = connect_all(target, common, &names, &tokens, &assign).await?;
 
-    let (window, closed_loop) = match opts.mode {
-        LoadMode::Closed { window } => (window.max(1), true),
-        LoadMode::Open { .. } => (0, false),
-    };
     let (warmup_us, end_us, total_messages) = match opts.length {
         RunLength::Time { warmup, duration } => {
             let warmup_us = warmup.as_micros() as u64;
@@ -657,42 +574,27 @@ pub async fn run(
         }
         RunLength::Messages(n) => (0, u64::MAX, Some(n.max(1))),
     };
-    let base = Instant::now();
-    let shared = Arc::new(Shared {
-        base,
-        codec: common.codec,
+    let flow = Arc::new(Flow::new(
+        common.codec,
+        opts.mode,
         senders,
+        (warmup_us, end_us),
+    ));
+    let shared = Arc::new(Shared {
+        flow: Arc::clone(&flow),
         recipients: (members - 1) as u32,
-        window_us: (warmup_us, end_us),
-        closed_loop,
-        sent: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        send_errors: AtomicU64::new(0),
         notices: AtomicU64::new(0),
-        undecodable: AtomicU64::new(0),
-        misdelivered: AtomicU64::new(0),
-        closed_by_server: AtomicU64::new(0),
-        stopping: AtomicBool::new(false),
-        first_close_code: Mutex::new(None),
-        first_error: Mutex::new(None),
         notice_seqs: Mutex::new(BTreeSet::new()),
-        latency: SharedHistogram::new(16),
         reached_all: SharedHistogram::new(16),
-        ack_latency: SharedHistogram::new(16),
         ledgers: (0..senders)
             .map(|_| Mutex::new(Ledger::default()))
             .collect(),
         inboxes: (0..members)
             .map(|_| Mutex::new(Inbox::new(senders)))
             .collect(),
-        permits: (0..senders)
-            .map(|_| Semaphore::new(if closed_loop { window } else { 0 }))
-            .collect(),
     });
-
-    let server_sampler = TargetSamplers::start(target, base, common.sample_every);
-    let self_sampler = metrics::maybe_sample(Some(std::process::id()), base, common.sample_every);
+    let recipients = u64::from(shared.recipients);
+    let samplers = Samplers::start(target, flow.base, common.sample_every);
 
     let stop = CancellationToken::new();
     let text: Arc<str> = Arc::from(padding(opts.size));
@@ -714,132 +616,76 @@ pub async fn run(
             i,
             template: template.clone(),
             sink,
-            shared: Arc::clone(&shared),
+            flow: Arc::clone(&flow),
             stop: stop.clone(),
             limit,
         };
-        sender_tasks.push(match opts.mode {
-            LoadMode::Closed { .. } => tokio::spawn(task.closed_loop()),
-            LoadMode::Open { rate } => tokio::spawn(task.open_loop(rate)),
-        });
+        sender_tasks.push(task.spawn(opts.mode));
     }
 
     // Drive the clock: ticks, the window boundaries, the progress bar.
-    let (bar, total_s) = match (opts.length, total_messages) {
+    let (bar, timer_s) = match (opts.length, total_messages) {
         (RunLength::Time { warmup, duration }, _) => {
             let total_s = (warmup + duration).as_secs().max(1);
             (
                 common
                     .progress
                     .timer(total_s, &format!("{} {label}", target.kind.name())),
-                total_s,
+                Some(total_s),
             )
         }
         (RunLength::Messages(_), n) => (
             common.progress.bar(
-                n.unwrap_or(1) * u64::from(shared.recipients),
+                n.unwrap_or(1) * recipients,
                 &format!("{} {label} deliveries", target.kind.name()),
             ),
-            0,
+            None,
         ),
     };
-    let mut ticks = Vec::new();
-    let mut at_start = None;
-    let mut clock = tokio::time::interval(Duration::from_millis(250));
-    let mut last_tick_s = 0u64;
-    let mut prev = shared.totals();
-    let mut last_progress = (Instant::now(), prev);
-    loop {
-        clock.tick().await;
-        let now_us = shared.now_us();
-        let totals = shared.totals();
-        if at_start.is_none() && now_us >= warmup_us {
-            at_start = Some((now_us, totals));
+    let mut last_progress = (Instant::now(), flow.totals());
+    let clocked = load::drive(&flow, &bar, timer_s, warmup_us, |now_us, totals| {
+        let Some(n) = total_messages else {
+            return now_us >= end_us;
+        };
+        bar.set_position(totals.delivered);
+        if totals.sent >= n && totals.drained(recipients) {
+            return true;
         }
-        let whole_s = now_us / 1_000_000;
-        if whole_s > last_tick_s {
-            let dt = (whole_s - last_tick_s) as f64;
-            if total_messages.is_none() {
-                bar.set_position(whole_s.min(total_s));
-            }
-            bar.set_message(format!(
-                "sent {:.0}/s acked {:.0}/s delivered {:.0}/s",
-                (totals.sent - prev.sent) as f64 / dt,
-                (totals.acked - prev.acked) as f64 / dt,
-                (totals.delivered - prev.delivered) as f64 / dt,
+        let moved = (totals.sent, totals.acked, totals.delivered)
+            != (
+                last_progress.1.sent,
+                last_progress.1.acked,
+                last_progress.1.delivered,
+            );
+        if moved {
+            last_progress = (Instant::now(), *totals);
+        } else if last_progress.0.elapsed() > opts.drain_timeout {
+            common.progress.note(format!(
+                "group {label}: no progress for {:?}; stopping",
+                opts.drain_timeout
             ));
-            ticks.push(Tick {
-                t_s: now_us as f64 / 1e6,
-                sent: totals.sent,
-                acked: totals.acked,
-                delivered: totals.delivered,
-            });
-            prev = totals;
-            last_tick_s = whole_s;
+            return true;
         }
-        match total_messages {
-            None if now_us >= end_us => break,
-            None => {}
-            Some(n) => {
-                bar.set_position(totals.delivered);
-                if totals.sent >= n && shared.drained(&totals) {
-                    break;
-                }
-                let moved = (totals.sent, totals.acked, totals.delivered)
-                    != (
-                        last_progress.1.sent,
-                        last_progress.1.acked,
-                        last_progress.1.delivered,
-                    );
-                if moved {
-                    last_progress = (Instant::now(), totals);
-                } else if last_progress.0.elapsed() > opts.drain_timeout {
-                    common.progress.note(format!(
-                        "group {label}: no progress for {:?}; stopping",
-                        opts.drain_timeout
-                    ));
-                    break;
-                }
-            }
-        }
-    }
-    let at_end = (shared.now_us(), shared.totals());
+        false
+    })
+    .await;
     stop.cancel();
     bar.finish_and_clear();
-    let window_ms = (
-        at_start.map_or(warmup_us, |(t, _)| t) / 1000,
-        at_end.0 / 1000,
-    );
-    let (server, services) = server_sampler.finish(window_ms.0, window_ms.1).await;
-    let generator = metrics::maybe_finish(self_sampler, window_ms.0, window_ms.1).await;
+    let (server, services, generator) = samplers.finish(clocked.window_ms(warmup_us)).await;
 
     // Stop sending, then drain: every send answered, every ack delivered to everyone.
-    let mut sinks = idle_sinks;
-    for mut task in sender_tasks {
-        match tokio::time::timeout(Duration::from_secs(5), &mut task).await {
-            Ok(Ok(sink)) => sinks.push(sink),
-            _ => task.abort(),
-        }
-    }
-    let drain_deadline = Instant::now() + opts.drain_timeout;
-    while !shared.drained(&shared.totals()) && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // A short grace period lets late duplicates show up.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    shared.stopping.store(true, Ordering::Relaxed);
-    futures_util::future::join_all(sinks.into_iter().map(|mut sink| async move {
-        let _ = tokio::time::timeout(Duration::from_millis(500), sink.close()).await;
-    }))
+    load::wind_down(
+        &flow,
+        sender_tasks,
+        idle_sinks,
+        readers,
+        recipients,
+        opts.drain_timeout,
+    )
     .await;
-    for reader in &readers {
-        reader.abort();
-    }
 
     let totals = shared.totals();
-    let (start_us, start_totals) = at_start.unwrap_or((warmup_us, Totals::default()));
-    let secs = (at_end.0.saturating_sub(start_us)) as f64 / 1e6;
-    let rate = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / secs.max(1e-9);
+    let rates = clocked.rates(warmup_us);
     let correctness = settle(&shared, members, cluster.is_some());
     Ok(GroupRun {
         target: target.kind,
@@ -848,36 +694,35 @@ pub async fn run(
         senders,
         size: opts.size,
         messages: total_messages,
-        duration_s: secs,
+        duration_s: rates.secs,
         warmup_s: warmup_us as f64 / 1e6,
-        sent_per_sec: rate(start_totals.sent, at_end.1.sent),
-        acked_per_sec: rate(start_totals.acked, at_end.1.acked),
-        delivered_per_sec: rate(start_totals.delivered, at_end.1.delivered),
-        latency: Percentiles::of(&shared.latency.merged()),
+        sent_per_sec: rates.sent,
+        acked_per_sec: rates.acked,
+        delivered_per_sec: rates.delivered,
+        latency: Percentiles::of(&flow.latency.merged()),
         reached_all_latency: Percentiles::of(&shared.reached_all.merged()),
-        ack_latency: Percentiles::of(&shared.ack_latency.merged()),
+        ack_latency: Percentiles::of(&flow.ack_latency.merged()),
         totals,
         correctness,
         server,
         generator,
-        ticks,
+        ticks: clocked.ticks,
         cluster,
         services,
     })
 }
-
 /// Works out loss, order and seq checks from the ledgers and inboxes after the drain.
 fn settle(shared: &Shared, members: usize, cluster: bool) -> Correctness {
     let totals = shared.totals();
     let mut c = Correctness {
-        undecodable: shared.undecodable.load(Ordering::Relaxed),
-        misdelivered: shared.misdelivered.load(Ordering::Relaxed),
-        closed_by_server: shared.closed_by_server.load(Ordering::Relaxed),
-        first_close_code: *lock(&shared.first_close_code),
+        undecodable: shared.flow.undecodable.load(Ordering::Relaxed),
+        misdelivered: shared.flow.misdelivered.load(Ordering::Relaxed),
+        closed_by_server: shared.flow.closed_by_server.load(Ordering::Relaxed),
+        first_close_code: *lock(&shared.flow.first_close_code),
         unanswered: totals
             .sent
             .saturating_sub(totals.acked + totals.send_errors),
-        first_error: lock(&shared.first_error).clone(),
+        first_error: lock(&shared.flow.first_error).clone(),
         ..Correctness::default()
     };
     let ledgers: Vec<MutexGuard<'_, Ledger>> = shared.ledgers.iter().map(lock).collect();
@@ -916,213 +761,77 @@ fn settle(shared: &Shared, members: usize, cluster: bool) -> Correctness {
     c
 }
 
-/// One sender's writing half.
-struct Sender {
-    i: usize,
-    template: SendTemplate,
-    sink: WsSink,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-    /// Messages this sender sends at most (message-count runs).
-    limit: Option<u64>,
-}
-
-impl Sender {
-    /// Feeds one message scheduled at `t` (µs); does not flush.
-    async fn feed(&mut self, k: u64, t: u64) -> bool {
-        let tag = BenchTag {
-            s: self.i as u32,
-            k,
-            t,
-        };
-        let Ok(message) = self.template.render(FIRST_SEND_ID + k, tag) else {
-            return false;
-        };
-        if self.sink.feed(message).await.is_err() {
-            return false;
-        }
-        self.shared.sent.fetch_add(1, Ordering::Relaxed);
-        true
-    }
-
-    fn remaining(&self, k: u64) -> u64 {
-        self.limit.map_or(u64::MAX, |n| n.saturating_sub(k))
-    }
-
-    /// `window` messages in flight; a message leaves the window once acked and delivered to
-    /// every recipient. Sends every free slot, then flushes.
-    async fn closed_loop(mut self) -> WsSink {
-        let shared = Arc::clone(&self.shared);
-        let permits = &shared.permits[self.i];
-        let mut k = 0u64;
-        while self.remaining(k) > 0 {
-            let permit = tokio::select! {
-                _ = self.stop.cancelled() => break,
-                permit = permits.acquire() => permit,
-            };
-            let Ok(permit) = permit else { break };
-            permit.forget();
-            let mut n = 1;
-            while n < self.remaining(k)
-                && let Ok(permit) = permits.try_acquire()
-            {
-                permit.forget();
-                n += 1;
-            }
-            for _ in 0..n {
-                let t = shared.now_us();
-                if !self.feed(k, t).await {
-                    return self.sink;
-                }
-                k += 1;
-            }
-            if self.sink.flush().await.is_err() {
-                break;
-            }
-        }
-        self.sink
-    }
-
-    /// A fixed timetable of `rate / senders` msg/s, staggered by sender; late messages go out
-    /// at once, stamped with their scheduled time.
-    async fn open_loop(mut self, rate: f64) -> WsSink {
-        let shared = Arc::clone(&self.shared);
-        let senders = shared.senders as f64;
-        let interval_us = 1e6 / (rate / senders).max(1e-6);
-        let phase_us = interval_us * self.i as f64 / senders;
-        let due = |k: u64| (phase_us + k as f64 * interval_us) as u64;
-        let mut k = 0u64;
-        while self.remaining(k) > 0 {
-            let now = shared.now_us();
-            let next = due(k);
-            if next > now {
-                tokio::select! {
-                    _ = self.stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_micros(next - now)) => {}
-                }
-            } else if self.stop.is_cancelled() {
-                break;
-            }
-            let now = shared.now_us();
-            let mut batch = 0;
-            while due(k) <= now && batch < 256 && self.remaining(k) > 0 {
-                if !self.feed(k, due(k)).await {
-                    return self.sink;
-                }
-                k += 1;
-                batch += 1;
-            }
-            if self.sink.flush().await.is_err() {
-                break;
-            }
-        }
-        self.sink
-    }
-}
-
 /// One member's reading half: acks of its own sends, the group's messages from the others.
-async fn reader(j: usize, mut stream: WsStream, shared: Arc<Shared>) {
-    while let Some(next) = stream.next().await {
-        let message = match next {
-            Ok(message) => message,
-            Err(_) => {
-                shared.server_closed(None);
-                break;
+async fn reader(j: usize, stream: WsStream, shared: Arc<Shared>) {
+    let flow = &shared.flow;
+    read_frames(stream, flow, |frame, now| match frame.kind {
+        FrameKind::Response => {
+            let Some(k) = frame.id.and_then(|id| id.checked_sub(FIRST_SEND_ID)) else {
+                return;
+            };
+            if j >= flow.senders {
+                flow.undecodable.fetch_add(1, Ordering::Relaxed);
+                return;
             }
-        };
-        let Some(bytes) = payload(&message) else {
-            if let tokio_tungstenite::tungstenite::Message::Close(frame) = &message {
-                shared.server_closed(frame.as_ref().map(|f| u16::from(f.code)));
-                break;
+            let (seq, tag) = frame.ack();
+            let release = lock(&shared.ledgers[j]).ack(k, seq, shared.recipients);
+            flow.acked(j, tag, now);
+            if release {
+                flow.release(j);
             }
-            continue;
-        };
-        let now = shared.now_us();
-        let Ok(frame) = FastFrame::decode(shared.codec, bytes) else {
-            shared.undecodable.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
-        match frame.kind {
-            FrameKind::Response => {
-                let Some(k) = frame.id.and_then(|id| id.checked_sub(FIRST_SEND_ID)) else {
-                    continue;
-                };
-                if j >= shared.senders {
-                    shared.undecodable.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let (seq, tag) = frame.ack();
-                let release = lock(&shared.ledgers[j]).ack(k, seq, shared.recipients);
-                shared.acked.fetch_add(1, Ordering::Relaxed);
-                if let Some(tag) = tag
-                    && shared.in_window(tag.t)
-                {
-                    shared.ack_latency.record(j, now.saturating_sub(tag.t));
-                }
-                if shared.closed_loop && release {
-                    shared.permits[j].add_permits(1);
-                }
-            }
-            FrameKind::Error => {
-                shared.send_errors.fetch_add(1, Ordering::Relaxed);
-                lock(&shared.first_error).get_or_insert_with(|| {
-                    format!(
-                        "request {:?}: code {:?}",
-                        frame.id,
-                        frame.error.as_ref().map(|e| e.code)
-                    )
-                });
-                if shared.closed_loop && j < shared.senders {
-                    shared.permits[j].add_permits(1);
-                }
-            }
-            FrameKind::Event if frame.event == Some(EventName::Message) => {
-                let seq = frame.data.as_ref().and_then(|d| d.seq);
-                let Some(tag) = frame.event_tag() else {
-                    // A message the bench did not send: the server's group notice.
-                    shared.notices.fetch_add(1, Ordering::Relaxed);
-                    lock(&shared.inboxes[j]).group_seq(seq);
-                    if let Some(seq) = seq {
-                        lock(&shared.notice_seqs).insert(seq);
-                    }
-                    continue;
-                };
-                let s = tag.s as usize;
-                if s >= shared.senders {
-                    shared.undecodable.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                if s == j {
-                    shared.misdelivered.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                let fresh = {
-                    let mut inbox = lock(&shared.inboxes[j]);
-                    inbox.group_seq(seq);
-                    inbox.streams[s].deliver(tag.k, seq)
-                };
-                if !fresh {
-                    continue;
-                }
-                shared.delivered.fetch_add(1, Ordering::Relaxed);
-                let in_window = shared.in_window(tag.t);
-                let latency = now.saturating_sub(tag.t);
-                if in_window {
-                    shared.latency.record(j, latency);
-                }
-                let reached = lock(&shared.ledgers[s]).deliver(tag.k, seq, shared.recipients);
-                if reached.all && in_window {
-                    shared.reached_all.record(s, latency);
-                }
-                if shared.closed_loop && reached.release {
-                    shared.permits[s].add_permits(1);
-                }
-            }
-            FrameKind::Event => {}
         }
-    }
+        FrameKind::Error => {
+            flow.send_error(&frame);
+            if j < flow.senders {
+                flow.release(j);
+            }
+        }
+        FrameKind::Event if frame.event == Some(EventName::Message) => {
+            let seq = frame.data.as_ref().and_then(|d| d.seq);
+            let Some(tag) = frame.event_tag() else {
+                // A message the bench did not send: the server's group notice.
+                shared.notices.fetch_add(1, Ordering::Relaxed);
+                lock(&shared.inboxes[j]).group_seq(seq);
+                if let Some(seq) = seq {
+                    lock(&shared.notice_seqs).insert(seq);
+                }
+                return;
+            };
+            let s = tag.s as usize;
+            if s >= flow.senders {
+                flow.undecodable.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if s == j {
+                flow.misdelivered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let fresh = {
+                let mut inbox = lock(&shared.inboxes[j]);
+                inbox.group_seq(seq);
+                inbox.streams[s].deliver(tag.k, seq)
+            };
+            if !fresh {
+                return;
+            }
+            flow.delivered.fetch_add(1, Ordering::Relaxed);
+            let in_window = flow.in_window(tag.t);
+            let latency = now.saturating_sub(tag.t);
+            if in_window {
+                flow.latency.record(j, latency);
+            }
+            let reached = lock(&shared.ledgers[s]).deliver(tag.k, seq, shared.recipients);
+            if reached.all && in_window {
+                shared.reached_all.record(s, latency);
+            }
+            if reached.release {
+                flow.release(s);
+            }
+        }
+        FrameKind::Event => {}
+    })
+    .await;
 }
-
 /// A base run (closed loop finds the maximum), then optional open-loop steps, against Magpie
 /// and optionally the relay first.
 #[derive(Clone, Debug)]
@@ -1134,15 +843,7 @@ pub struct SuiteOptions {
 }
 
 /// One open-loop step of a sweep.
-#[derive(Clone, Debug, Serialize)]
-pub struct SweepPoint {
-    /// The fraction of the reference rate.
-    pub fraction: f64,
-    /// Offered messages per second.
-    pub offered_per_sec: f64,
-    /// The run.
-    pub run: GroupRun,
-}
+pub type SweepPoint = load::SweepPoint<GroupRun>;
 
 /// One line of the budget.
 #[derive(Clone, Debug, Serialize)]
@@ -1233,6 +934,53 @@ impl GroupSuite {
     }
 }
 
+/// The `group` scenario, for [`load::suite`].
+struct Group;
+
+impl Scenario for Group {
+    type Options = GroupOptions;
+    type Run = GroupRun;
+    const NAME: &'static str = "group";
+
+    fn describe(o: &GroupOptions) -> String {
+        format!(
+            "{} members, {} senders, {}",
+            o.members,
+            o.senders,
+            o.mode.describe()
+        )
+    }
+
+    fn mode(opts: &GroupOptions) -> LoadMode {
+        opts.mode
+    }
+
+    fn at_rate(opts: &GroupOptions, rate: f64) -> GroupOptions {
+        GroupOptions {
+            mode: LoadMode::Open { rate },
+            ..opts.clone()
+        }
+    }
+
+    fn delivered_per_sec(run: &GroupRun) -> f64 {
+        run.delivered_per_sec
+    }
+
+    /// The maximum acked msg/s (each is delivered M − 1 times).
+    fn closed_reference(run: &GroupRun) -> f64 {
+        run.acked_per_sec
+    }
+
+    async fn run(
+        target: &Target,
+        opts: &GroupOptions,
+        common: &Common,
+        label: &str,
+    ) -> anyhow::Result<GroupRun> {
+        run(target, opts, common, label).await
+    }
+}
+
 /// Runs the relay baseline (if given), Magpie, and the sweep.
 pub async fn suite(
     magpie: &Target,
@@ -1240,77 +988,18 @@ pub async fn suite(
     opts: &SuiteOptions,
     common: &Common,
 ) -> anyhow::Result<GroupSuite> {
-    let describe = |o: &GroupOptions| {
-        format!(
-            "{} members, {} senders, {}",
-            o.members,
-            o.senders,
-            o.mode.describe()
-        )
-    };
-    let relay_run = match relay {
-        Some(relay) => {
-            common
-                .progress
-                .note(format!("group: relay baseline, {}", describe(&opts.run)));
-            Some(run(relay, &opts.run, common, "relay").await?)
-        }
-        None => None,
-    };
-    common
-        .progress
-        .note(format!("group: magpie, {}", describe(&opts.run)));
-    let magpie_run = run(magpie, &opts.run, common, "magpie").await?;
-    let ratio_to_relay = relay_run
-        .as_ref()
-        .map(|r| magpie_run.delivered_per_sec / r.delivered_per_sec.max(1e-9));
-    let reference = match opts.run.mode {
-        LoadMode::Closed { .. } => magpie_run.acked_per_sec,
-        LoadMode::Open { rate } => rate,
-    };
-    let mut sweep_magpie = Vec::new();
-    let mut sweep_relay = Vec::new();
-    for (step, &fraction) in opts.sweep.iter().enumerate() {
-        let offered = (reference * fraction).max(1.0);
-        let step_opts = GroupOptions {
-            mode: LoadMode::Open { rate: offered },
-            ..opts.run.clone()
-        };
-        if let Some(relay) = relay {
-            common.progress.note(format!(
-                "group sweep: relay at {offered:.0} msg/s ({:.0}% of magpie max)",
-                fraction * 100.0
-            ));
-            let run = run(relay, &step_opts, common, &format!("rs{step}")).await?;
-            sweep_relay.push(SweepPoint {
-                fraction,
-                offered_per_sec: offered,
-                run,
-            });
-        }
-        common.progress.note(format!(
-            "group sweep: magpie at {offered:.0} msg/s ({:.0}% of max)",
-            fraction * 100.0
-        ));
-        let run = run(magpie, &step_opts, common, &format!("ms{step}")).await?;
-        sweep_magpie.push(SweepPoint {
-            fraction,
-            offered_per_sec: offered,
-            run,
-        });
-    }
+    let runs = load::suite::<Group>(magpie, relay, &opts.run, &opts.sweep, common).await?;
     let mut suite = GroupSuite {
-        relay: relay_run,
-        magpie: magpie_run,
-        ratio_to_relay,
-        sweep_magpie,
-        sweep_relay,
+        relay: runs.relay,
+        magpie: runs.magpie,
+        ratio_to_relay: runs.ratio_to_relay,
+        sweep_magpie: runs.sweep_magpie,
+        sweep_relay: runs.sweep_relay,
         budget: Vec::new(),
     };
     suite.judge();
     Ok(suite)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

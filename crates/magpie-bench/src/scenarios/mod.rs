@@ -11,11 +11,15 @@
 //! - [`catchup`]: a fresh SDK device of a user with C conversations × K new messages.
 //! - [`seed`]: pipelined message seeding through the protocol, shared by `login` and
 //!   `catchup`.
+//!
+//! `c2c` and `group` share their machinery (connecting, counters, closed- and open-loop
+//! senders, the clock, the drain, the relay-baseline-and-sweep suite) in the private `load`.
 
 pub mod c2c;
 pub mod catchup;
 pub mod group;
 pub mod idle;
+mod load;
 pub mod login;
 pub mod seed;
 

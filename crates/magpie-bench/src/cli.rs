@@ -525,23 +525,34 @@ async fn idle_cmd(args: IdleArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
     )
 }
 
-async fn c2c_cmd(args: C2cArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
-    let meta = Meta::collect(fd_limit);
-    let common = common_from(&args.common);
-    let mode = match args.rate {
+/// The load of `--rate` (open loop) or else `--window` (closed loop), with the `--sweep`
+/// fractions checked.
+fn load_mode(rate: Option<f64>, window: usize, sweep: &[f64]) -> anyhow::Result<LoadMode> {
+    let mode = match rate {
         Some(rate) if rate > 0.0 => LoadMode::Open { rate },
         Some(_) => bail!("--rate must be positive"),
         None => LoadMode::Closed {
-            window: args.window.max(1),
+            window: window.max(1),
         },
     };
-    if args.sweep.iter().any(|f| !(*f > 0.0 && f.is_finite())) {
+    if sweep.iter().any(|f| !(*f > 0.0 && f.is_finite())) {
         bail!("--sweep fractions must be positive numbers");
     }
-    let relay = if args.with_relay {
+    Ok(mode)
+}
+
+/// Spawns the relay (`with_relay`), starts the system under test, runs `f` against both, and
+/// stops them whatever `f` returned.
+async fn with_sut_and_relay<T>(
+    target: &TargetArgs,
+    with_relay: bool,
+    progress: &Progress,
+    f: impl AsyncFnOnce(&Target, Option<&Target>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let relay = if with_relay {
         let exe = std::env::current_exe().context("cannot locate this executable")?;
         let relay = target::spawn_relay(&exe).await?;
-        common.progress.note(format!(
+        progress.note(format!(
             "spawned the relay (pid {}) at {}",
             relay.target.pid.unwrap_or_default(),
             relay.target.ws.url()
@@ -550,7 +561,19 @@ async fn c2c_cmd(args: C2cArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let sut = Sut::start(&args.target, &common.progress).await?;
+    let sut = Sut::start(target, progress).await?;
+    let result = f(&sut.target, relay.as_ref().map(|r| &r.target)).await;
+    sut.stop(progress).await;
+    if let Some(relay) = relay {
+        relay.stop().await;
+    }
+    result
+}
+
+async fn c2c_cmd(args: C2cArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
+    let meta = Meta::collect(fd_limit);
+    let common = common_from(&args.common);
+    let mode = load_mode(args.rate, args.window, &args.sweep)?;
     let opts = SuiteOptions {
         run: C2cOptions {
             users: args.users,
@@ -562,18 +585,13 @@ async fn c2c_cmd(args: C2cArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
         },
         sweep: args.sweep.clone(),
     };
-    let result = c2c::suite(
-        &sut.target,
-        relay.as_ref().map(|r| &r.target),
-        &opts,
-        &common,
+    let suite = with_sut_and_relay(
+        &args.target,
+        args.with_relay,
+        &common.progress,
+        async |sut, relay| c2c::suite(sut, relay, &opts, &common).await,
     )
-    .await;
-    sut.stop(&common.progress).await;
-    if let Some(relay) = relay {
-        relay.stop().await;
-    }
-    let suite = result?;
+    .await?;
     if let Some(dir) = &args.common.plot {
         plot_note(&common.progress, plot::c2c_latency(dir, &suite));
     }
@@ -591,16 +609,7 @@ async fn c2c_cmd(args: C2cArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
 async fn group_cmd(args: GroupArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
     let meta = Meta::collect(fd_limit);
     let common = common_from(&args.common);
-    let mode = match args.rate {
-        Some(rate) if rate > 0.0 => LoadMode::Open { rate },
-        Some(_) => bail!("--rate must be positive"),
-        None => LoadMode::Closed {
-            window: args.window.max(1),
-        },
-    };
-    if args.sweep.iter().any(|f| !(*f > 0.0 && f.is_finite())) {
-        bail!("--sweep fractions must be positive numbers");
-    }
+    let mode = load_mode(args.rate, args.window, &args.sweep)?;
     if args.members < 2 || args.senders == 0 || args.senders > args.members {
         bail!("a group run needs --members >= 2 and 1 <= --senders <= --members");
     }
@@ -619,19 +628,6 @@ async fn group_cmd(args: GroupArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
             window * args.senders
         ));
     }
-    let relay = if args.with_relay {
-        let exe = std::env::current_exe().context("cannot locate this executable")?;
-        let relay = target::spawn_relay(&exe).await?;
-        common.progress.note(format!(
-            "spawned the relay (pid {}) at {}",
-            relay.target.pid.unwrap_or_default(),
-            relay.target.ws.url()
-        ));
-        Some(relay)
-    } else {
-        None
-    };
-    let sut = Sut::start(&args.target, &common.progress).await?;
     let opts = group::SuiteOptions {
         run: GroupOptions {
             members: args.members,
@@ -649,18 +645,13 @@ async fn group_cmd(args: GroupArgs, fd_limit: u64) -> anyhow::Result<ExitCode> {
         },
         sweep: args.sweep.clone(),
     };
-    let result = group::suite(
-        &sut.target,
-        relay.as_ref().map(|r| &r.target),
-        &opts,
-        &common,
+    let suite = with_sut_and_relay(
+        &args.target,
+        args.with_relay,
+        &common.progress,
+        async |sut, relay| group::suite(sut, relay, &opts, &common).await,
     )
-    .await;
-    sut.stop(&common.progress).await;
-    if let Some(relay) = relay {
-        relay.stop().await;
-    }
-    let suite = result?;
+    .await?;
     if args.common.plot.is_some() {
         common
             .progress

@@ -35,6 +35,58 @@ fn common() -> Common {
     Common::new(Progress::silent())
 }
 
+/// The in-process relay on a free port.
+struct Relay {
+    target: Target,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = Target::relay(listener.local_addr().unwrap(), None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(relay::serve(listener, stop.clone()));
+        Self { target, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// c2c: 4 users, a closed loop of 4 for a second, then an open-loop step at half of it.
+fn c2c_opts() -> SuiteOptions {
+    SuiteOptions {
+        run: C2cOptions {
+            users: 4,
+            size: 64,
+            mode: LoadMode::Closed { window: 4 },
+            duration: Duration::from_secs(1),
+            warmup: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(10),
+        },
+        sweep: vec![0.5],
+    }
+}
+
+/// A group of `members`, 2 of them sending, a closed loop of 2 for a second.
+fn group_opts(members: usize) -> GroupOptions {
+    GroupOptions {
+        members,
+        senders: 2,
+        size: 64,
+        mode: LoadMode::Closed { window: 2 },
+        length: RunLength::Time {
+            warmup: Duration::from_millis(200),
+            duration: Duration::from_secs(1),
+        },
+        drain_timeout: Duration::from_secs(10),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_holds_every_connection() {
     let server = server().await;
@@ -63,27 +115,13 @@ async fn idle_holds_every_connection() {
 async fn c2c_against_the_relay_and_magpie_delivers_exactly_once() {
     let server = server().await;
     let magpie = target(&server).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_target = Target::relay(listener.local_addr().unwrap(), None);
-    let stop = CancellationToken::new();
-    let relay_task = tokio::spawn(relay::serve(listener, stop.clone()));
+    let relay = Relay::start().await;
 
-    let opts = SuiteOptions {
-        run: C2cOptions {
-            users: 4,
-            size: 64,
-            mode: LoadMode::Closed { window: 4 },
-            duration: Duration::from_secs(1),
-            warmup: Duration::from_millis(200),
-            drain_timeout: Duration::from_secs(10),
-        },
-        sweep: vec![0.5],
-    };
-    let suite = c2c::suite(&magpie, Some(&relay_target), &opts, &common())
+    let opts = c2c_opts();
+    let suite = c2c::suite(&magpie, Some(&relay.target), &opts, &common())
         .await
         .unwrap();
-    stop.cancel();
-    relay_task.await.unwrap();
+    relay.stop().await;
 
     let runs = [
         suite.relay.as_ref().unwrap(),
@@ -134,28 +172,15 @@ async fn c2c_against_the_relay_and_magpie_delivers_exactly_once() {
 async fn group_against_the_relay_and_magpie_reaches_every_member_once() {
     let server = server().await;
     let magpie = target(&server).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let relay_target = Target::relay(listener.local_addr().unwrap(), None);
-    let stop = CancellationToken::new();
-    let relay_task = tokio::spawn(relay::serve(listener, stop.clone()));
+    let relay = Relay::start().await;
 
     // 20 members, 2 senders: a closed loop for a second, then an open-loop step at half of it
     // (more than 100 members would also exercise the REST batches; 20 keeps the test quick).
     let opts = group::SuiteOptions {
-        run: GroupOptions {
-            members: 20,
-            senders: 2,
-            size: 64,
-            mode: LoadMode::Closed { window: 2 },
-            length: RunLength::Time {
-                warmup: Duration::from_millis(200),
-                duration: Duration::from_secs(1),
-            },
-            drain_timeout: Duration::from_secs(10),
-        },
+        run: group_opts(20),
         sweep: vec![0.5],
     };
-    let suite = group::suite(&magpie, Some(&relay_target), &opts, &common())
+    let suite = group::suite(&magpie, Some(&relay.target), &opts, &common())
         .await
         .unwrap();
 
@@ -168,8 +193,7 @@ async fn group_against_the_relay_and_magpie_reaches_every_member_once() {
     let counted = group::run(&magpie, &counted, &common(), "count")
         .await
         .unwrap();
-    stop.cancel();
-    relay_task.await.unwrap();
+    relay.stop().await;
 
     let runs = [
         suite.relay.as_ref().unwrap(),
@@ -344,17 +368,7 @@ async fn c2c_group_and_login_through_a_two_node_cluster() {
     assert_eq!(target.node_count(), 2);
 
     // c2c: 4 users on nodes 0/1/0/1, so every sender's recipient is on the other node.
-    let opts = SuiteOptions {
-        run: C2cOptions {
-            users: 4,
-            size: 64,
-            mode: LoadMode::Closed { window: 4 },
-            duration: Duration::from_secs(1),
-            warmup: Duration::from_millis(200),
-            drain_timeout: Duration::from_secs(10),
-        },
-        sweep: vec![0.5],
-    };
+    let opts = c2c_opts();
     let suite = c2c::suite(&target, None, &opts, &common()).await.unwrap();
     for run in [&suite.magpie, &suite.sweep_magpie[0].run] {
         let c = &run.correctness;
@@ -391,17 +405,7 @@ async fn c2c_group_and_login_through_a_two_node_cluster() {
 
     // group: members alternate between the nodes, so each message crosses NATS to half of
     // them.
-    let opts = GroupOptions {
-        members: 10,
-        senders: 2,
-        size: 64,
-        mode: LoadMode::Closed { window: 2 },
-        length: RunLength::Time {
-            warmup: Duration::from_millis(200),
-            duration: Duration::from_secs(1),
-        },
-        drain_timeout: Duration::from_secs(10),
-    };
+    let opts = group_opts(10);
     let run = group::run(&target, &opts, &common(), "cluster")
         .await
         .unwrap();

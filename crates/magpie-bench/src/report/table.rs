@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::metrics::{Percentiles, ProcReport, ServiceReport, fmt_bytes, fmt_us};
 use crate::scenarios::ClusterLayout;
-use crate::scenarios::c2c::{C2cRun, C2cSuite, LoadMode, SweepPoint};
+use crate::scenarios::c2c::{C2cRun, C2cSuite, LoadMode};
 use crate::scenarios::catchup::CatchupReport;
 use crate::scenarios::group::{GroupRun, GroupSuite};
 use crate::scenarios::idle::IdleReport;
@@ -89,28 +89,41 @@ fn proc_cells(p: Option<&ProcReport>) -> [String; 2] {
     }
 }
 
+/// The last cells of a load row: `lost/dup/reord`, errors, server cpu and rss, generator cpu.
+fn outcome_cells(
+    [lost, duplicated, reordered]: [u64; 3],
+    errors: u64,
+    server: Option<&ProcReport>,
+    generator: Option<&ProcReport>,
+) -> [String; 5] {
+    let [cpu, rss] = proc_cells(server);
+    let [gcpu, _] = proc_cells(generator);
+    [
+        format!("{lost}/{duplicated}/{reordered}"),
+        errors.to_string(),
+        cpu,
+        rss,
+        gcpu,
+    ]
+}
+
 fn c2c_row(name: &str, run: &C2cRun) -> Vec<String> {
     let c = &run.correctness;
-    let [p50, p90, p99, p999, max] = pct(&run.latency);
-    let [cpu, rss] = proc_cells(run.server.as_ref());
-    let [gcpu, _] = proc_cells(run.generator.as_ref());
-    vec![
+    let mut row = vec![
         name.to_owned(),
         run.load.describe(),
         rate(run.sent_per_sec),
         rate(run.acked_per_sec),
         rate(run.delivered_per_sec),
-        p50,
-        p90,
-        p99,
-        p999,
-        max,
-        format!("{}/{}/{}", c.lost, c.duplicated, c.reordered),
-        run.totals.send_errors.to_string(),
-        cpu,
-        rss,
-        gcpu,
-    ]
+    ];
+    row.extend(pct(&run.latency));
+    row.extend(outcome_cells(
+        [c.lost, c.duplicated, c.reordered],
+        run.totals.send_errors,
+        run.server.as_ref(),
+        run.generator.as_ref(),
+    ));
+    row
 }
 
 const C2C_HEADERS: [&str; 15] = [
@@ -154,6 +167,53 @@ fn cluster_lines(out: &mut String, layout: Option<&ClusterLayout>) {
     );
 }
 
+/// A blank line, the cluster's layout, and its backing services (of the Magpie base run).
+fn cluster_block(out: &mut String, layout: &ClusterLayout, services: &[ServiceReport]) {
+    out.push('\n');
+    cluster_lines(out, Some(layout));
+    if let Some(line) = service_line("backing services (magpie)", services) {
+        out.push_str(&line);
+    }
+}
+
+/// `ack latency (send -> ack) magpie: p50 … p99 … max …`
+fn ack_latency_line(p: &Percentiles) -> String {
+    format!(
+        "ack latency (send -> ack) magpie: p50 {} p99 {} max {}",
+        fmt_us(p.p50_us),
+        fmt_us(p.p99_us),
+        fmt_us(p.max_us)
+    )
+}
+
+/// `magpie 50%`: a sweep step's name.
+fn step_name(name: &str, fraction: f64) -> String {
+    format!("{name} {:.0}%", fraction * 100.0)
+}
+
+/// The sweep steps of both targets, by offered rate.
+fn by_offered<'a, P>(
+    relay: &'a [P],
+    magpie: &'a [P],
+    offered: impl Fn(&P) -> f64,
+) -> Vec<(&'static str, &'a P)> {
+    let mut rows: Vec<(&str, &P)> = relay
+        .iter()
+        .map(|p| ("relay", p))
+        .chain(magpie.iter().map(|p| ("magpie", p)))
+        .collect();
+    rows.sort_by(|a, b| offered(a.1).total_cmp(&offered(b.1)));
+    rows
+}
+
+/// The relay (if any) and Magpie base runs, named.
+fn base_runs<'a, R>(relay: Option<&'a R>, magpie: &'a R) -> impl Iterator<Item = (String, &'a R)> {
+    relay
+        .map(|r| ("relay".to_owned(), r))
+        .into_iter()
+        .chain(std::iter::once(("magpie".to_owned(), magpie)))
+}
+
 /// `postgres cpu 85% rss …; nats cpu 12% …` — nothing when there are no services.
 fn service_line(name: &str, services: &[ServiceReport]) -> Option<String> {
     if services.is_empty() {
@@ -194,12 +254,8 @@ pub fn c2c(suite: &C2cSuite) -> String {
     }
     table.row(c2c_row("magpie", m));
     out.push_str(&table.render());
-    if m.cluster.is_some() {
-        out.push('\n');
-        cluster_lines(&mut out, m.cluster.as_ref());
-        if let Some(line) = service_line("backing services (magpie)", &m.services) {
-            out.push_str(&line);
-        }
+    if let Some(layout) = &m.cluster {
+        cluster_block(&mut out, layout, &m.services);
     }
     if let Some(ratio) = suite.ratio_to_relay {
         let _ = writeln!(
@@ -207,52 +263,38 @@ pub fn c2c(suite: &C2cSuite) -> String {
             "\nmagpie / relay delivered throughput: {ratio:.3} (budget >= 0.5)"
         );
     }
-    let _ = writeln!(
-        out,
-        "ack latency (send -> ack) magpie: p50 {} p99 {} max {}",
-        fmt_us(m.ack_latency.p50_us),
-        fmt_us(m.ack_latency.p99_us),
-        fmt_us(m.ack_latency.max_us)
-    );
+    let _ = writeln!(out, "{}", ack_latency_line(&m.ack_latency));
     if !suite.sweep_magpie.is_empty() {
         out.push_str("\nopen-loop sweep (latency from the scheduled send time):\n");
         let mut table = Table::new(&C2C_HEADERS);
-        let rows = suite.sweep_relay.iter().map(|p| ("relay", p));
-        let rows = rows.chain(suite.sweep_magpie.iter().map(|p| ("magpie", p)));
-        let mut rows: Vec<(&str, &SweepPoint)> = rows.collect();
-        rows.sort_by(|a, b| a.1.offered_per_sec.total_cmp(&b.1.offered_per_sec));
+        let rows = by_offered(&suite.sweep_relay, &suite.sweep_magpie, |p| {
+            p.offered_per_sec
+        });
         for (name, point) in rows {
-            table.row(c2c_row(
-                &format!("{name} {:.0}%", point.fraction * 100.0),
-                &point.run,
-            ));
+            table.row(c2c_row(&step_name(name, point.fraction), &point.run));
         }
         out.push_str(&table.render());
         for point in &suite.sweep_magpie {
             if let Some(line) = service_line(
-                &format!("backing services (magpie {:.0}%)", point.fraction * 100.0),
+                &format!("backing services ({})", step_name("magpie", point.fraction)),
                 &point.run.services,
             ) {
                 out.push_str(&line);
             }
         }
     }
-    let runs = suite
-        .relay
-        .iter()
-        .map(|r| ("relay".to_owned(), r))
-        .chain(std::iter::once(("magpie".to_owned(), m)))
+    let runs = base_runs(suite.relay.as_ref(), m)
         .chain(
             suite
                 .sweep_relay
                 .iter()
-                .map(|p| (format!("relay {:.0}%", p.fraction * 100.0), &p.run)),
+                .map(|p| (step_name("relay", p.fraction), &p.run)),
         )
         .chain(
             suite
                 .sweep_magpie
                 .iter()
-                .map(|p| (format!("magpie {:.0}%", p.fraction * 100.0), &p.run)),
+                .map(|p| (step_name("magpie", p.fraction), &p.run)),
         );
     let mut out_of_order = None;
     for (name, run) in runs {
@@ -302,26 +344,21 @@ pub fn c2c(suite: &C2cSuite) -> String {
 
 fn group_row(name: &str, run: &GroupRun) -> Vec<String> {
     let c = &run.correctness;
-    let [p50, p90, p99, p999, max] = pct(&run.latency);
-    let [cpu, rss] = proc_cells(run.server.as_ref());
-    let [gcpu, _] = proc_cells(run.generator.as_ref());
-    vec![
+    let mut row = vec![
         name.to_owned(),
         run.load.describe(),
         rate(run.acked_per_sec),
         rate(run.delivered_per_sec),
-        p50,
-        p90,
-        p99,
-        p999,
-        max,
-        fmt_us(run.reached_all_latency.p99_us),
-        format!("{}/{}/{}", c.lost, c.duplicated, c.reordered),
-        run.totals.send_errors.to_string(),
-        cpu,
-        rss,
-        gcpu,
-    ]
+    ];
+    row.extend(pct(&run.latency));
+    row.push(fmt_us(run.reached_all_latency.p99_us));
+    row.extend(outcome_cells(
+        [c.lost, c.duplicated, c.reordered],
+        run.totals.send_errors,
+        run.server.as_ref(),
+        run.generator.as_ref(),
+    ));
+    row
 }
 
 const GROUP_HEADERS: [&str; 15] = [
@@ -373,44 +410,22 @@ pub fn group(suite: &GroupSuite) -> String {
         table.row(group_row("relay", relay));
     }
     table.row(group_row("magpie", m));
-    let mut sweep: Vec<(&str, &crate::scenarios::group::SweepPoint)> = suite
-        .sweep_relay
-        .iter()
-        .map(|p| ("relay", p))
-        .chain(suite.sweep_magpie.iter().map(|p| ("magpie", p)))
-        .collect();
-    sweep.sort_by(|a, b| a.1.offered_per_sec.total_cmp(&b.1.offered_per_sec));
+    let sweep = by_offered(&suite.sweep_relay, &suite.sweep_magpie, |p| {
+        p.offered_per_sec
+    });
     for (name, point) in &sweep {
-        table.row(group_row(
-            &format!("{name} {:.0}%", point.fraction * 100.0),
-            &point.run,
-        ));
+        table.row(group_row(&step_name(name, point.fraction), &point.run));
     }
     out.push_str(&table.render());
-    if m.cluster.is_some() {
-        out.push('\n');
-        cluster_lines(&mut out, m.cluster.as_ref());
-        if let Some(line) = service_line("backing services (magpie)", &m.services) {
-            out.push_str(&line);
-        }
+    if let Some(layout) = &m.cluster {
+        cluster_block(&mut out, layout, &m.services);
     }
-    let _ = writeln!(
-        out,
-        "\nack latency (send -> ack) magpie: p50 {} p99 {} max {}",
-        fmt_us(m.ack_latency.p50_us),
-        fmt_us(m.ack_latency.p99_us),
-        fmt_us(m.ack_latency.max_us)
+    let _ = writeln!(out, "\n{}", ack_latency_line(&m.ack_latency));
+    let runs = base_runs(suite.relay.as_ref(), m).chain(
+        sweep
+            .iter()
+            .map(|(name, p)| (step_name(name, p.fraction), &p.run)),
     );
-    let runs = suite
-        .relay
-        .iter()
-        .map(|r| ("relay".to_owned(), r))
-        .chain(std::iter::once(("magpie".to_owned(), m)))
-        .chain(
-            sweep
-                .iter()
-                .map(|(name, p)| (format!("{name} {:.0}%", p.fraction * 100.0), &p.run)),
-        );
     for (name, run) in runs {
         let c = &run.correctness;
         let _ = writeln!(

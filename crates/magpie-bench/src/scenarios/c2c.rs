@@ -43,7 +43,8 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{EventName, FrameKind, SendTemplate, WsStream};
 use crate::metrics::{Percentiles, ProcReport, ServiceReport};
 use crate::scenarios::load::{
-    self, FIRST_SEND_ID, Flow, Samplers, Scenario, Sender, connect_all, lock, read_frames,
+    self, FIRST_SEND_ID, Flow, NOT_ACKED, Samplers, Scenario, Sender, WITHOUT_SEQ, connect_all,
+    lock, read_frames,
 };
 pub use crate::scenarios::load::{Tick, Totals};
 use crate::scenarios::{ClusterLayout, Common, padding};
@@ -211,9 +212,6 @@ impl C2cRun {
     }
 }
 
-const NOT_ACKED: u64 = 0;
-const ACKED_WITHOUT_SEQ: u64 = u64::MAX;
-
 /// One sender's messages: how each was acked and delivered.
 #[derive(Debug, Default)]
 struct Ledger {
@@ -240,7 +238,7 @@ impl Ledger {
     fn ack(&mut self, k: u64, seq: Option<u64>) {
         let k = k as usize;
         self.grow(k);
-        self.acked_seq[k] = seq.filter(|s| *s != NOT_ACKED).unwrap_or(ACKED_WITHOUT_SEQ);
+        self.acked_seq[k] = seq.filter(|s| *s != NOT_ACKED).unwrap_or(WITHOUT_SEQ);
     }
 
     fn deliver(&mut self, k: u64, seq: Option<u64>) {
@@ -252,7 +250,7 @@ impl Ledger {
             return;
         }
         self.delivered[i] = 1;
-        self.delivered_seq[i] = seq.unwrap_or(ACKED_WITHOUT_SEQ);
+        self.delivered_seq[i] = seq.unwrap_or(WITHOUT_SEQ);
         let older_k = self.last_k.is_some_and(|last| k < last);
         let older_seq = seq.is_some_and(|s| s <= self.last_seq);
         if older_k || older_seq {
@@ -269,18 +267,7 @@ impl Ledger {
 
     /// Acked seqs that are not above the previous acked seq of this sender.
     fn seqs_out_of_send_order(&self) -> u64 {
-        let mut last = 0;
-        let mut bad = 0;
-        for &seq in &self.acked_seq {
-            if seq == NOT_ACKED || seq == ACKED_WITHOUT_SEQ {
-                continue;
-            }
-            if seq <= last {
-                bad += 1;
-            }
-            last = last.max(seq);
-        }
-        bad
+        load::seqs_out_of_send_order(&self.acked_seq)
     }
 
     /// Seqs this ledger delivered (each message once), for collision checks.
@@ -288,7 +275,7 @@ impl Ledger {
         self.delivered
             .iter()
             .zip(&self.delivered_seq)
-            .filter(|(n, seq)| **n > 0 && **seq != ACKED_WITHOUT_SEQ)
+            .filter(|(n, seq)| **n > 0 && **seq != WITHOUT_SEQ)
             .map(|(_, seq)| *seq)
     }
 
@@ -303,7 +290,7 @@ impl Ledger {
                 (false, true) => unacked += 1,
                 (true, true) => {
                     let got = self.delivered_seq[i];
-                    if acked != ACKED_WITHOUT_SEQ && got != ACKED_WITHOUT_SEQ && acked != got {
+                    if acked != WITHOUT_SEQ && got != WITHOUT_SEQ && acked != got {
                         mismatch += 1;
                     }
                 }
@@ -478,7 +465,6 @@ fn seq_collisions(shared: &Shared, users: usize) -> u64 {
         })
         .sum()
 }
-
 
 /// One user's reading half: acks of its sends, deliveries addressed to it.
 async fn reader(j: usize, stream: WsStream, shared: Arc<Shared>) {

@@ -64,10 +64,11 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{EventName, FrameKind, SendTemplate, WsStream};
 use crate::metrics::{self, Percentiles, ProcReport, ServiceReport, SharedHistogram};
 use crate::scenarios::c2c::LoadMode;
-use crate::scenarios::load::{
-    self, FIRST_SEND_ID, Flow, Samplers, Scenario, Sender, connect_all, lock, read_frames,
-};
 pub use crate::scenarios::load::Tick;
+use crate::scenarios::load::{
+    self, FIRST_SEND_ID, Flow, NOT_ACKED, Samplers, Scenario, Sender, WITHOUT_SEQ, connect_all,
+    lock, read_frames,
+};
 use crate::scenarios::{ClusterLayout, Common, padding};
 use crate::target::{Target, TargetKind};
 
@@ -274,9 +275,6 @@ impl GroupRun {
     }
 }
 
-const NOT_ACKED: u64 = 0;
-const WITHOUT_SEQ: u64 = u64::MAX;
-
 /// One sender's messages: the seq each was acked with, the seq it was delivered with, and to
 /// how many recipients.
 #[derive(Debug, Default)]
@@ -340,18 +338,7 @@ impl Ledger {
 
     /// Acked seqs not above the previous acked seq of this sender.
     fn seqs_out_of_send_order(&self) -> u64 {
-        let mut last = 0;
-        let mut bad = 0;
-        for &seq in &self.acked_seq {
-            if seq == NOT_ACKED || seq == WITHOUT_SEQ {
-                continue;
-            }
-            if seq <= last {
-                bad += 1;
-            }
-            last = last.max(seq);
-        }
-        bad
+        load::seqs_out_of_send_order(&self.acked_seq)
     }
 
     /// (messages acked, delivered but never acked, acked seq ≠ delivered seq, acked messages

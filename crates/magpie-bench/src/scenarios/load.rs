@@ -26,6 +26,28 @@ use crate::target::Target;
 /// Request ids of sends are `FIRST_SEND_ID + k` (the login used id 1).
 pub(super) const FIRST_SEND_ID: u64 = 2;
 
+/// A ledger's mark of a message not acked (or delivered) yet; seqs start at 1.
+pub(super) const NOT_ACKED: u64 = 0;
+/// A ledger's mark of an ack or delivery without a seq (the relay has none).
+pub(super) const WITHOUT_SEQ: u64 = u64::MAX;
+
+/// Of one sender's acked seqs, indexed by its counter, those not above an earlier one (the
+/// server assigned seqs out of the order the device sent in).
+pub(super) fn seqs_out_of_send_order(acked_seq: &[u64]) -> u64 {
+    let mut last = 0;
+    let mut bad = 0;
+    for &seq in acked_seq {
+        if seq == NOT_ACKED || seq == WITHOUT_SEQ {
+            continue;
+        }
+        if seq <= last {
+            bad += 1;
+        }
+        last = last.max(seq);
+    }
+    bad
+}
+
 /// Locks `m`, ignoring poisoning (a panicked task leaves counters, not broken invariants).
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -566,10 +588,9 @@ pub(super) async fn suite<S: Scenario>(
     let name = S::NAME;
     let relay_run = match relay {
         Some(relay) => {
-            common.progress.note(format!(
-                "{name}: relay baseline, {}",
-                S::describe(base)
-            ));
+            common
+                .progress
+                .note(format!("{name}: relay baseline, {}", S::describe(base)));
             Some(S::run(relay, base, common, "relay").await?)
         }
         None => None,

@@ -186,6 +186,15 @@ fn ack_latency_line(p: &Percentiles) -> String {
     )
 }
 
+/// ` (from the scheduled send time)` after the latency's definition, for an open loop.
+fn latency_origin(load: LoadMode) -> &'static str {
+    if matches!(load, LoadMode::Open { .. }) {
+        " (from the scheduled send time)"
+    } else {
+        ""
+    }
+}
+
 /// `magpie 50%`: a sweep step's name.
 fn step_name(name: &str, fraction: f64) -> String {
     format!("{name} {:.0}%", fraction * 100.0)
@@ -242,17 +251,12 @@ pub fn c2c(suite: &C2cSuite) -> String {
         m.size,
         m.duration_s,
         m.warmup_s,
-        if matches!(m.load, LoadMode::Open { .. }) {
-            " (from the scheduled send time)"
-        } else {
-            ""
-        }
+        latency_origin(m.load)
     );
     let mut table = Table::new(&C2C_HEADERS);
-    if let Some(relay) = &suite.relay {
-        table.row(c2c_row("relay", relay));
+    for (name, run) in base_runs(suite.relay.as_ref(), m) {
+        table.row(c2c_row(&name, run));
     }
-    table.row(c2c_row("magpie", m));
     out.push_str(&table.render());
     if let Some(layout) = &m.cluster {
         cluster_block(&mut out, layout, &m.services);
@@ -399,17 +403,12 @@ pub fn group(suite: &GroupSuite) -> String {
         m.recipients(),
         m.senders,
         m.size,
-        if matches!(m.load, LoadMode::Open { .. }) {
-            " (from the scheduled send time)"
-        } else {
-            ""
-        }
+        latency_origin(m.load)
     );
     let mut table = Table::new(&GROUP_HEADERS);
-    if let Some(relay) = &suite.relay {
-        table.row(group_row("relay", relay));
+    for (name, run) in base_runs(suite.relay.as_ref(), m) {
+        table.row(group_row(&name, run));
     }
-    table.row(group_row("magpie", m));
     let sweep = by_offered(&suite.sweep_relay, &suite.sweep_magpie, |p| {
         p.offered_per_sec
     });

@@ -538,13 +538,12 @@ pub struct C2cSuite {
 impl C2cSuite {
     /// Every run correct.
     pub fn passed(&self) -> bool {
-        self.magpie.passed()
-            && self.relay.as_ref().is_none_or(C2cRun::passed)
-            && self
-                .sweep_magpie
-                .iter()
-                .chain(&self.sweep_relay)
-                .all(|p| p.run.passed())
+        load::all_passed(
+            self.relay.as_ref(),
+            &self.magpie,
+            [&self.sweep_magpie, &self.sweep_relay],
+            C2cRun::passed,
+        )
     }
 }
 

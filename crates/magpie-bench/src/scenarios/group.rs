@@ -865,13 +865,12 @@ pub struct GroupSuite {
 impl GroupSuite {
     /// Every run correct.
     pub fn passed(&self) -> bool {
-        self.magpie.passed()
-            && self.relay.as_ref().is_none_or(GroupRun::passed)
-            && self
-                .sweep_magpie
-                .iter()
-                .chain(&self.sweep_relay)
-                .all(|p| p.run.passed())
+        load::all_passed(
+            self.relay.as_ref(),
+            &self.magpie,
+            [&self.sweep_magpie, &self.sweep_relay],
+            GroupRun::passed,
+        )
     }
 
     /// Judges the budget on the runs of this suite: p99 per Magpie run, the ratio on the base

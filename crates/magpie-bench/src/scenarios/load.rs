@@ -545,6 +545,18 @@ pub struct SweepPoint<R> {
     pub run: R,
 }
 
+/// Whether every run of a suite passed: the base runs and every sweep step.
+pub(super) fn all_passed<R>(
+    relay: Option<&R>,
+    magpie: &R,
+    sweeps: [&[SweepPoint<R>]; 2],
+    passed: impl Fn(&R) -> bool,
+) -> bool {
+    passed(magpie)
+        && relay.is_none_or(&passed)
+        && sweeps.iter().flat_map(|s| s.iter()).all(|p| passed(&p.run))
+}
+
 /// A scenario that [`suite`] can run: its options, its run, and how to read both.
 pub(super) trait Scenario {
     type Options: Clone;

@@ -121,6 +121,11 @@ impl Roster {
     fn len(&self) -> usize {
         self.members.len()
     }
+
+    /// Every member's id.
+    pub(crate) fn member_ids(&self) -> Vec<UserId> {
+        self.members.keys().cloned().collect()
+    }
 }
 
 /// Read ranges of large groups waiting for their next read-count announcement.
@@ -179,6 +184,16 @@ impl SendOrder {
         let previous = self.0.lock().ok().and_then(|mut slot| slot.replace(next));
         (previous, queued)
     }
+
+    /// A send's turn in `order`, if it has one (sends from the REST API do not).
+    pub(crate) fn turn(
+        order: Option<&Self>,
+    ) -> (Option<oneshot::Receiver<()>>, Option<oneshot::Sender<()>>) {
+        match order.map(Self::next) {
+            Some((wait, done)) => (wait, Some(done)),
+            None => (None, None),
+        }
+    }
 }
 
 /// The checked parts of a group send, ready for the store.
@@ -199,19 +214,6 @@ impl App {
         let roster = Arc::new(Roster::new(version, record.info.all_muted, members));
         self.rosters.put(group.clone(), roster.clone());
         Ok(roster)
-    }
-
-    /// Waits for the sends issued before this one on the same connection to queue.
-    pub(crate) fn group_send_turn(
-        order: Option<&SendOrder>,
-    ) -> (Option<oneshot::Receiver<()>>, Option<oneshot::Sender<()>>) {
-        match order {
-            Some(order) => {
-                let (wait, done) = order.next();
-                (wait, Some(done))
-            }
-            None => (None, None),
-        }
     }
 
     /// Checks that the sender may post `message` to its group and works out its mentions.

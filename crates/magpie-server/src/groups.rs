@@ -342,10 +342,10 @@ impl App {
         }
     }
 
-    /// Every member's id, for fan-out.
+    /// Every member's id, for fan-out: from the group's roster, which the timeline notice and
+    /// the next send then find cached instead of reading every member again.
     async fn member_ids(&self, group: &GroupId) -> Result<Vec<UserId>> {
-        let members = self.all_members(group, None).await?;
-        Ok(members.into_iter().map(|m| m.user_id).collect())
+        Ok(self.roster(group).await?.member_ids())
     }
 
     /// The owner's and the admins' ids.

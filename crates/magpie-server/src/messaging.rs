@@ -153,21 +153,15 @@ impl App {
         group: GroupId,
         message: Message,
     ) -> BoxFuture<'static, Result<SendResponse>> {
-        let (wait, done) = App::group_send_turn(origin.send_order.as_ref());
+        let (wait, done) = SendOrder::turn(origin.send_order.as_ref());
         let (app, from_session) = (self.clone(), origin.session);
         Box::pin(async move {
             if let Some(previous) = wait {
                 // An error only means the previous send is gone (its connection closed).
                 let _ = previous.await;
             }
-            let checked = app.check_group_send(&group, message).await;
-            let checked = match checked {
-                Ok(checked) => checked,
-                Err(e) => {
-                    drop(done);
-                    return Err(e);
-                }
-            };
+            // A refusal drops `done` on return: the next send's turn comes either way.
+            let checked = app.check_group_send(&group, message).await?;
             if !checked.new.message.content.is_stored() {
                 drop(done);
                 fan_out(
@@ -355,15 +349,6 @@ impl App {
         self.first_visible_seq(&origin.user, &request.conversation_id)
             .await?;
         let group = request.conversation_id.group_id();
-        // Where the reader stood, so the senders of what they just read can be told.
-        let before = match &group {
-            Some(_) => self
-                .store
-                .conversation_state(&origin.user, &request.conversation_id)
-                .await?
-                .map_or(0, |s| s.read_seq),
-            None => 0,
-        };
         let outcome = self
             .store
             .mark_read(
@@ -384,7 +369,8 @@ impl App {
             let delivered = self.cluster.deliver(&origin.user, &frame, origin.session);
             Metrics::add(&self.metrics.deliveries, delivered as u64);
             if let Some(group) = group {
-                let (app, reader, read_seq) = (self.clone(), origin.user.clone(), state.read_seq);
+                let (app, reader) = (self.clone(), origin.user.clone());
+                let (before, read_seq) = (outcome.previous_read_seq, state.read_seq);
                 // The reader is answered now; the senders hear about it right after.
                 tokio::spawn(async move {
                     if let Err(e) = app

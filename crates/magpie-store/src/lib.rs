@@ -170,6 +170,8 @@ pub struct ReadOutcome {
     pub state: ConversationState,
     /// Whether the read seq moved (if not, nothing was written and no version was used).
     pub changed: bool,
+    /// The read seq before the call: what the read covers is `(previous_read_seq, read_seq]`.
+    pub previous_read_seq: u64,
 }
 
 /// Where a user stands in a conversation, as both backends read it; the rules that turn it

@@ -2268,8 +2268,10 @@ pub async fn group_messages_are_stored_once_and_found_through_the_activity_clock
     let read = store.mark_read(&uid("bob"), &grp, 2, 200).await.unwrap();
     assert!(read.changed);
     assert_eq!((read.state.read_seq, read.state.unread_count), (2, 2));
+    assert_eq!(read.previous_read_seq, 0, "the read covers (0, 2]");
     let again = store.mark_read(&uid("bob"), &grp, 1, 201).await.unwrap();
     assert!(!again.changed);
+    assert_eq!(again.previous_read_seq, 2);
     assert_eq!(
         store.group_read_positions(&gid("g")).await.unwrap(),
         vec![(uid("alice"), 4), (uid("bob"), 2)]

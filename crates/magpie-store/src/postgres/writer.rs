@@ -676,9 +676,11 @@ async fn mark_read(
         .ok_or_else(not_found)?;
     state.last_message = None;
     let target = seq.min(state.last_seq);
+    let previous_read_seq = state.read_seq;
     if target <= state.read_seq {
         // Nothing changes; dropping the transaction rolls it back.
         return Ok(ReadOutcome {
+            previous_read_seq,
             state,
             changed: false,
         });
@@ -726,5 +728,6 @@ async fn mark_read(
     Ok(ReadOutcome {
         state,
         changed: true,
+        previous_read_seq,
     })
 }

@@ -645,8 +645,10 @@ impl State {
         };
         state.last_message = None;
         let target = seq.min(state.last_seq);
+        let previous_read_seq = state.read_seq;
         if target <= state.read_seq {
             return Ok(ReadOutcome {
+                previous_read_seq,
                 state,
                 changed: false,
             });
@@ -674,6 +676,7 @@ impl State {
         Ok(ReadOutcome {
             state,
             changed: true,
+            previous_read_seq,
         })
     }
 }

@@ -547,6 +547,31 @@ async fn a_member_who_blocks_a_groups_messages_gets_no_pushes_but_keeps_the_coun
         .await,
         "group_not_found"
     );
+    let mut outsider = server.log_in_all(&["mallory"]).await.remove(0);
+    assert_eq!(
+        outsider
+            .refused(
+                "group_set_receive",
+                json!({"group_id": "team", "receive": false})
+            )
+            .await,
+        "not_group_member"
+    );
+    assert_eq!(
+        outsider
+            .refused(
+                "group_read_receipts",
+                json!({"conversation_id": "grp:team", "seq": 1})
+            )
+            .await,
+        "not_group_member"
+    );
+    assert_eq!(
+        outsider
+            .refused("group_set_receive", json!({"group_id": "team"}))
+            .await,
+        "bad_request"
+    );
 }
 
 /// 3,000 members, every one online: each message reaches each member exactly once, in order.

@@ -96,13 +96,19 @@ macro_rules! store_test_suite {
     };
 }
 
-fn uid(s: &str) -> UserId {
+pub(crate) fn uid(s: &str) -> UserId {
     UserId::new(s).unwrap()
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1_000);
 
-fn new_message(from: &str, to: &str, client_msg_id: &str, text: &str, time: i64) -> NewMessage {
+pub(crate) fn new_message(
+    from: &str,
+    to: &str,
+    client_msg_id: &str,
+    text: &str,
+    time: i64,
+) -> NewMessage {
     let (from, to) = (uid(from), uid(to));
     NewMessage {
         message: Message {
@@ -156,7 +162,7 @@ fn group_message(
     }
 }
 
-async fn create_users<S: Store>(store: &S, ids: &[&str]) {
+pub(crate) async fn create_users<S: Store>(store: &S, ids: &[&str]) {
     for id in ids {
         store
             .create_user(NewUser {

@@ -118,8 +118,7 @@ mod tests {
     fn the_writer_makes_a_growing_wal_start_over() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("w.db");
-        let conn =
-            super::super::open_connection(&path, super::super::Durability::Normal).expect("open");
+        let conn = super::super::open_connection(&path).expect("open");
         let limit = 64 * 1024;
         conn.pragma_update(None, "journal_size_limit", limit)
             .expect("limit");

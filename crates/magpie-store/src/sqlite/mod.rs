@@ -2,8 +2,9 @@
 //!
 //! One dedicated writer thread owns the only write connection and applies writes in batches:
 //! it takes every write queued while the previous transaction was committing, applies them in
-//! order and commits them in one transaction — one fsync for many messages. Callers are
-//! answered only after that commit. A write refused for a reason of its own (unknown user,
+//! order and commits them in one transaction. A sync thread (`durable`) fsyncs the WAL once
+//! for every batch committed meanwhile — while the writer goes on with the next — and answers
+//! callers only once their batch is on disk; reads wait for the same. A write refused for a reason of its own (unknown user,
 //! conflict) is refused before it modifies anything, so its neighbours still commit; an
 //! unexpected failure rolls the whole batch back and fails every write in it. The writer
 //! caches the counters it alone maintains (last seq per conversation, change version per user)
@@ -14,6 +15,7 @@
 //! (unknown group, stale version, full group, …) before they modify anything, like the others.
 
 mod checkpoint;
+mod durable;
 mod groups;
 mod reader;
 mod rows;
@@ -44,11 +46,12 @@ use writer::{EncodedMessage, WriteOp, Writer};
 /// How hard a commit presses data to disk.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum Durability {
-    /// `synchronous=FULL`: an acked write survives a power loss (one fsync per batch).
+    /// An acked write survives a power loss: it is answered after an fsync of the WAL (one
+    /// per group of batches, on a thread of its own), and no read shows it before that.
     #[default]
     Full,
-    /// `synchronous=NORMAL`: an acked write survives a crash or `kill -9` of the server, but
-    /// the last batches may be lost on power loss.
+    /// An acked write survives a crash or `kill -9` of the server, but the last batches may
+    /// be lost on power loss: no fsync before the answer.
     Normal,
 }
 
@@ -100,19 +103,34 @@ impl SqliteStore {
     /// Opens (creating and migrating as needed) the database file at `path`.
     pub fn open(path: &Path, options: SqliteOptions) -> StoreResult<Self> {
         let lock = lock_exclusively(path)?;
-        let mut conn = open_connection(path, options.durability)?;
+        let sync = match options.durability {
+            Durability::Full => durable::sync_wal(wal_path(path)),
+            Durability::Normal => durable::no_sync(),
+        };
+        Self::open_with_sync(path, options, sync, lock)
+    }
+
+    /// Opens the store with `sync` as the step that makes commits durable (tests slow it
+    /// down or make it fail).
+    fn open_with_sync(
+        path: &Path,
+        options: SqliteOptions,
+        sync: durable::SyncFn,
+        lock: std::fs::File,
+    ) -> StoreResult<Self> {
+        let mut conn = open_connection(path)?;
         schema::migrate(&mut conn)?;
-        let checkpointer =
-            checkpoint::Checkpointer::spawn(open_connection(path, options.durability)?)?;
+        let checkpointer = checkpoint::Checkpointer::spawn(open_connection(path)?)?;
         let restarter = checkpoint::Restarter::new(wal_path(path));
-        let writer = Writer::spawn(
+        let (writer, durable) = Writer::spawn(
             conn,
             options.max_batch,
             options.observer,
             checkpointer,
             restarter,
+            sync,
         )?;
-        let readers = ReadPool::new(path.to_owned(), options.read_connections);
+        let readers = ReadPool::new(path.to_owned(), options.read_connections, durable);
         Ok(Self {
             _lock: lock,
             writer,
@@ -176,16 +194,14 @@ fn lock_exclusively(path: &Path) -> StoreResult<std::fs::File> {
     Ok(file)
 }
 
-fn open_connection(path: &Path, durability: Durability) -> StoreResult<rusqlite::Connection> {
+fn open_connection(path: &Path) -> StoreResult<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     tune_statements(&conn)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    let synchronous = match durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)?;
+    // Commits do not fsync: `durable` does, off the writer's path. Checkpoints still sync the
+    // WAL before copying it and the database after.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     // 64 MiB of page cache: the writer touches the same index pages over and over.

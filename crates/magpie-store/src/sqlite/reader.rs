@@ -7,6 +7,7 @@ use magpie_proto::frame::Direction;
 use magpie_proto::{ConversationId, ConversationState, UserId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
+use super::durable::{self, Durable};
 use super::rows::{self, MESSAGE_COLUMNS, STATE_COLUMNS, STATE_FROM};
 use crate::{Anchor, MessagePage, MessageQuery, StoreError, StoreResult, SyncPage, UserRecord};
 
@@ -19,22 +20,27 @@ use crate::{Anchor, MessagePage, MessageQuery, StoreError, StoreResult, SyncPage
 /// tens to a few hundred microseconds on the page cache, less than handing it to another
 /// thread and back, which a login storm pays for in context switches. A larger read runs on
 /// the blocking pool so it cannot stall the other connections of an async worker.
+///
+/// Every read runs in one transaction (one snapshot) and is answered only once what that
+/// snapshot holds is durable (see `durable`).
 #[derive(Debug)]
 pub(super) struct ReadPool {
     path: PathBuf,
     idle: Arc<Mutex<Vec<Connection>>>,
     permits: Arc<tokio::sync::Semaphore>,
+    durable: Durable,
 }
 
 /// The largest page a read may return and still run on the calling task.
 pub(super) const INLINE_ROWS: u32 = 100;
 
 impl ReadPool {
-    pub(super) fn new(path: PathBuf, size: usize) -> Self {
+    pub(super) fn new(path: PathBuf, size: usize, durable: Durable) -> Self {
         Self {
             path,
             idle: Arc::new(Mutex::new(Vec::new())),
             permits: Arc::new(tokio::sync::Semaphore::new(size.max(1))),
+            durable,
         }
     }
 
@@ -58,19 +64,41 @@ impl ReadPool {
                 Some(conn) => conn,
                 None => open_reader(&path)?,
             };
-            let result = f(&conn);
-            idle.lock().map_err(StoreError::internal)?.push(conn);
+            let result = in_snapshot(&conn, f);
+            // A connection whose transaction could not end is not reused.
+            if conn.is_autocommit() {
+                idle.lock().map_err(StoreError::internal)?.push(conn);
+            }
             drop(permit);
             result
         };
-        if rows <= INLINE_ROWS {
-            work()
+        let (value, generation) = if rows <= INLINE_ROWS {
+            work()?
         } else {
             tokio::task::spawn_blocking(work)
                 .await
-                .map_err(StoreError::internal)?
-        }
+                .map_err(StoreError::internal)??
+        };
+        self.durable.wait(generation).await?;
+        Ok(value)
     }
+}
+
+/// Runs `f` in one read transaction; returns its result and the snapshot's commit generation.
+fn in_snapshot<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<(T, u64)> {
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let result = durable::generation(conn).and_then(|generation| Ok((f(conn)?, generation)));
+    if let Err(e) = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]))
+    {
+        tracing::warn!(error = %e, "sqlite: a read transaction did not end; rolling back");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
 }
 
 fn open_reader(path: &std::path::Path) -> StoreResult<Connection> {
@@ -183,8 +211,9 @@ pub(super) fn changed_conversations(
     since: u64,
     limit: u32,
 ) -> StoreResult<SyncPage> {
-    // One read transaction, so the user's version and the rows come from the same snapshot.
-    let tx = conn.unchecked_transaction()?;
+    // The pool runs every read in one transaction, so the user's version and the rows come
+    // from the same snapshot.
+    let tx = conn;
     let current: Option<i64> = tx
         .prepare_cached(rows::CURRENT_VERSION_SQL)?
         .query_row([user.as_str()], |r| r.get(0))
@@ -225,9 +254,10 @@ pub(super) fn changed_group_conversations(
     since: u64,
     limit: u32,
 ) -> StoreResult<SyncPage> {
-    // One read transaction: the clock and the stamps come from the same snapshot, and the
-    // single writer stamps in commit order, so no stamp at or below the clock can appear later.
-    let tx = conn.unchecked_transaction()?;
+    // The pool runs every read in one transaction: the clock and the stamps come from the same
+    // snapshot, and the single writer stamps in commit order, so no stamp at or below the clock
+    // can appear later.
+    let tx = conn;
     let clock: Option<i64> = tx
         .prepare_cached("SELECT value FROM meta WHERE key = 'group_clock'")?
         .query_row([], |r| r.get(0))
@@ -270,8 +300,7 @@ mod tests {
     fn cached_statements_are_not_prepared_again_for_new_values() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("r.db");
-        let mut writer =
-            super::super::open_connection(&path, super::super::Durability::Normal).expect("open");
+        let mut writer = super::super::open_connection(&path).expect("open");
         super::super::schema::migrate(&mut writer).expect("migrate");
         let reader = super::open_reader(&path).expect("reader");
         let sql = "SELECT id FROM users WHERE id > ?1 ORDER BY id LIMIT ?2";

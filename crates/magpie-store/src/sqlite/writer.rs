@@ -2,8 +2,9 @@
 //!
 //! Every write goes through one channel to one thread that owns the write connection. The
 //! thread drains whatever queued up while it was busy, applies the writes in order, commits
-//! the whole batch once, and only then answers the callers. This is what
-//! makes "acked means durable" cheap: a busy server pays one commit for hundreds of messages.
+//! the whole batch once, and hands the batch to the sync thread (`durable`), which answers
+//! the callers once the commit is on disk. This is what makes "acked means durable" cheap: a
+//! busy server pays one commit for hundreds of messages, and one fsync for several commits.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{Checkpointer, Restarter};
+use super::durable::{self, Durable, Finished, SyncFn, Syncer};
 use super::groups::GroupOp;
 use super::rows::{self, MESSAGE_COLUMNS};
 use crate::{
@@ -65,20 +67,36 @@ pub(super) struct Writer {
 /// How many writes may wait for the writer before submitters wait too.
 const QUEUE_DEPTH: usize = 16 * 1024;
 
+/// How often a writer waiting for the disk looks for new writes to add to its open batch.
+const FILL_POLL: std::time::Duration = std::time::Duration::from_micros(200);
+
 impl Writer {
+    /// Starts the writer thread (and its sync thread); returns the writer and what readers
+    /// wait on to see only durable data.
     pub(super) fn spawn(
         conn: Connection,
         max_batch: usize,
         observer: Arc<dyn CommitObserver>,
         checkpointer: Checkpointer,
         restarter: Restarter,
-    ) -> StoreResult<Self> {
+        sync: SyncFn,
+    ) -> StoreResult<(Self, Durable)> {
+        let generation = durable::generation(&conn)?;
+        let (syncer, durable) = Syncer::spawn(sync, generation)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let state = State {
+            conn,
+            cache: Cache::default(),
+            pending_rows: HashMap::new(),
+            batch_max_id: None,
+            generation,
+            syncer,
+        };
         std::thread::Builder::new()
             .name("magpie-sqlite-writer".into())
             .spawn(move || {
                 run(
-                    conn,
+                    state,
                     rx,
                     max_batch.max(1),
                     observer.as_ref(),
@@ -87,7 +105,7 @@ impl Writer {
                 )
             })
             .map_err(StoreError::internal)?;
-        Ok(Self { tx })
+        Ok((Self { tx }, durable))
     }
 
     /// Queues a write and waits for its committed result.
@@ -124,29 +142,43 @@ fn closed() -> StoreError {
 }
 
 fn run(
-    conn: Connection,
+    mut state: State,
     mut rx: mpsc::Receiver<WriteOp>,
     max_batch: usize,
     observer: &dyn CommitObserver,
     mut checkpointer: Checkpointer,
     mut restarter: Restarter,
 ) {
-    let mut state = State {
-        conn,
-        cache: Cache::default(),
-        pending_rows: HashMap::new(),
-        batch_max_id: None,
-    };
-    let mut batch = Vec::with_capacity(max_batch);
+    state.syncer.wake_when_idle(std::thread::current());
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+        let mut batch = match state.begin() {
+            Ok(batch) => batch,
+            Err(e) => {
+                fail(first, &e);
+                continue;
             }
+        };
+        state.add(&mut batch, first);
+        // Fill the transaction with what is queued and, while the disk is still busy with the
+        // previous commit, with what arrives meanwhile: the commit waits for the disk anyway,
+        // and one commit of many writes rewrites each hot page once instead of once per
+        // commit.
+        loop {
+            while batch.size < max_batch && batch.close.is_none() {
+                match rx.try_recv() {
+                    Ok(op) => state.add(&mut batch, op),
+                    Err(_) => break,
+                }
+            }
+            if batch.size >= max_batch || batch.close.is_some() || state.syncer.is_idle() {
+                break;
+            }
+            // The sync thread unparks us when it is done; until then, take new arrivals.
+            std::thread::park_timeout(FILL_POLL);
         }
-        if let Some(close_reply) = state.commit_batch(&mut batch, observer) {
+        if let Some(close_reply) = state.commit(batch, observer) {
+            // Everything before the close is answered before the close is.
+            state.syncer.finish();
             checkpointer.stop();
             let result = state
                 .conn
@@ -242,6 +274,18 @@ impl Cache {
     }
 }
 
+/// A batch whose transaction is open.
+struct OpenBatch {
+    started: Instant,
+    /// Writes taken into the batch, refused or failed ones included.
+    size: usize,
+    completions: Vec<Completion>,
+    /// The failure that rolls the batch back; later writes fail with it.
+    abort: Option<StoreError>,
+    /// A close request: the batch ends with it.
+    close: Option<Reply<()>>,
+}
+
 /// A participant's conversation row as the current batch leaves it.
 struct PendingRow {
     peer: Option<UserId>,
@@ -261,45 +305,61 @@ struct State {
     pending_rows: HashMap<(String, String), PendingRow>,
     /// The largest message id appended in the current batch.
     batch_max_id: Option<u64>,
+    /// The commit generation of the last committed batch (see `durable`).
+    generation: u64,
+    /// Answers the batches once they are durable.
+    syncer: Syncer,
 }
 
 impl State {
-    /// Applies and commits one batch. Returns the reply of a `Close` found in it.
-    fn commit_batch(
-        &mut self,
-        batch: &mut Vec<WriteOp>,
-        observer: &dyn CommitObserver,
-    ) -> Option<Reply<()>> {
-        let started = Instant::now();
-        let size = batch.len();
+    /// Opens the transaction of a batch.
+    fn begin(&mut self) -> StoreResult<OpenBatch> {
         if self.cache.last_seq.len() + self.cache.versions.len() > CACHE_LIMIT {
             self.cache.clear();
         }
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
             let e = StoreError::from(e);
             tracing::error!(error = %e, "sqlite: cannot begin a write transaction");
-            batch.drain(..).for_each(|op| fail(op, &e));
-            return None;
+            e
+        })?;
+        Ok(OpenBatch {
+            started: Instant::now(),
+            size: 0,
+            completions: Vec::new(),
+            abort: None,
+            close: None,
+        })
+    }
+
+    /// Applies one write inside the open batch.
+    fn add(&mut self, batch: &mut OpenBatch, op: WriteOp) {
+        batch.size += 1;
+        if let Some(e) = &batch.abort {
+            fail(op, e);
+            return;
         }
-        let mut completions = Vec::with_capacity(size);
-        let mut close = None;
-        let mut abort: Option<StoreError> = None;
-        for op in batch.drain(..) {
-            if let Some(e) = &abort {
-                fail(op, e);
-                continue;
-            }
-            if let WriteOp::Close(reply) = op {
-                close = Some(reply);
-                continue;
-            }
-            let (completion, error) = self.apply(op);
-            completions.push(completion);
-            if let Some(e) = error.filter(|e| !is_refusal(e)) {
-                tracing::error!(error = %e, batch = size, "sqlite: write failed; rolling back its batch");
-                abort = Some(e);
-            }
+        if let WriteOp::Close(reply) = op {
+            batch.close = Some(reply);
+            return;
         }
+        let (completion, error) = self.apply(op);
+        batch.completions.push(completion);
+        if let Some(e) = error.filter(|e| !is_refusal(e)) {
+            tracing::error!(error = %e, "sqlite: write failed; rolling back its batch");
+            batch.abort = Some(e);
+        }
+    }
+
+    /// Commits (or rolls back) the batch and hands it to the sync thread. Returns the reply of
+    /// a `Close` found in it.
+    fn commit(&mut self, batch: OpenBatch, observer: &dyn CommitObserver) -> Option<Reply<()>> {
+        let OpenBatch {
+            started,
+            size,
+            completions,
+            mut abort,
+            close,
+        } = batch;
         if abort.is_none()
             && let Err(e) = self.flush_rows()
         {
@@ -308,6 +368,11 @@ impl State {
         if abort.is_none()
             && let Some(max_id) = self.batch_max_id
             && let Err(e) = self.record_max_id(max_id)
+        {
+            abort = Some(e);
+        }
+        if abort.is_none()
+            && let Err(e) = durable::stamp(&self.conn, self.generation + 1)
         {
             abort = Some(e);
         }
@@ -327,9 +392,15 @@ impl State {
         };
         if outcome.is_some() {
             self.cache.clear();
+        } else {
+            self.generation += 1;
         }
         observer.on_commit(size, started.elapsed());
-        completions.into_iter().for_each(|c| c(outcome.as_ref()));
+        self.syncer.hand_over(Finished {
+            generation: self.generation,
+            outcome,
+            completions,
+        });
         close
     }
 

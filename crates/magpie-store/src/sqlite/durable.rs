@@ -9,19 +9,20 @@
 //!
 //! Reads must not see what is not durable yet: a message read through `sync` and then lost to
 //! a power cut would leave a device holding a seq the server gives to another message. So
-//! every batch stamps a commit generation into `meta`, every read runs in a transaction that
-//! reads the stamp of its snapshot first, and the read's answer waits until that generation is
-//! durable ([`Durable::wait`]). A read that sees only durable data — the usual case when the
-//! writer is idle — does not wait.
+//! batches are numbered (generations), the writer announces a batch's number *before* its
+//! `COMMIT`, and a read, once done, waits until the generation announced at that moment is
+//! durable ([`Durable::wait_after_read`]): whatever the read saw was committed before it ended,
+//! so its generation was announced before then. A read made while nothing waits for the
+//! disk — the usual case when the writer is idle — does not wait. Numbers are never reused:
+//! a batch that rolls back still uses up its number, and its handing over marks it done.
 //!
 //! This module must not decide what a write does: it only orders answers after the disk.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::{JoinHandle, Thread};
 
-use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::watch;
 
 use super::writer::Completion;
@@ -58,39 +59,32 @@ pub(super) fn no_sync() -> SyncFn {
     Box::new(|| Ok(()))
 }
 
-/// The `meta` key of the commit generation.
-const GENERATION_KEY: &str = "commit_generation";
+/// The writer's announcement of the batch it is about to commit.
+#[derive(Debug, Default)]
+pub(super) struct Announced(AtomicU64);
 
-/// The commit generation the connection's current snapshot holds (0 before the first stamp).
-pub(super) fn generation(conn: &Connection) -> StoreResult<u64> {
-    let value: Option<i64> = conn
-        .prepare_cached("SELECT value FROM meta WHERE key = 'commit_generation'")?
-        .query_row([], |r| r.get(0))
-        .optional()?;
-    Ok(value.unwrap_or(0) as u64)
+impl Announced {
+    /// Called before the `COMMIT` of batch `generation`.
+    pub(super) fn announce(&self, generation: u64) {
+        self.0.store(generation, Ordering::SeqCst);
+    }
 }
 
-/// Stamps the batch being written with its generation.
-pub(super) fn stamp(conn: &Connection, generation: u64) -> StoreResult<()> {
-    conn.prepare_cached(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute((GENERATION_KEY, generation as i64))?;
-    Ok(())
-}
-
-/// The highest durable generation, for readers to wait on.
+/// What readers wait on: the highest durable generation and the last announced one.
 #[derive(Clone, Debug)]
-pub(super) struct Durable(watch::Receiver<u64>);
+pub(super) struct Durable {
+    durable: watch::Receiver<u64>,
+    announced: Arc<Announced>,
+}
 
 impl Durable {
-    /// Waits until `generation` is durable.
-    pub(super) async fn wait(&self, generation: u64) -> StoreResult<()> {
-        if *self.0.borrow() >= generation {
+    /// Called when a read has finished: waits until everything it can have seen is durable.
+    pub(super) async fn wait_after_read(&self) -> StoreResult<()> {
+        let generation = self.announced.0.load(Ordering::SeqCst);
+        if *self.durable.borrow() >= generation {
             return Ok(());
         }
-        let mut durable = self.0.clone();
+        let mut durable = self.durable.clone();
         durable
             .wait_for(|d| *d >= generation)
             .await
@@ -101,7 +95,7 @@ impl Durable {
 
 /// A batch the writer has finished: committed (`outcome` is `None`) or rolled back.
 pub(super) struct Finished {
-    /// The generation the database holds after this batch.
+    /// The batch's number.
     pub(super) generation: u64,
     pub(super) outcome: Option<StoreError>,
     pub(super) completions: Vec<Completion>,
@@ -125,10 +119,11 @@ struct Idle {
 
 impl Syncer {
     /// Starts the thread. Everything already in the database counts as durable once `sync`
-    /// has run once, which happens here, before the first write.
-    pub(super) fn spawn(mut sync: SyncFn, generation: u64) -> StoreResult<(Self, Durable)> {
+    /// has run once, which happens here, before the first write; batches are numbered from 1.
+    pub(super) fn spawn(mut sync: SyncFn) -> StoreResult<(Self, Durable, Arc<Announced>)> {
         sync().map_err(StoreError::internal)?;
-        let (durable_tx, durable_rx) = watch::channel(generation);
+        let (durable_tx, durable_rx) = watch::channel(0);
+        let announced = Arc::new(Announced::default());
         let (tx, rx) = mpsc::channel::<Finished>();
         let idle = Arc::new(Idle::default());
         let thread = std::thread::Builder::new()
@@ -144,7 +139,11 @@ impl Syncer {
                 thread: Some(thread),
                 idle,
             },
-            Durable(durable_rx),
+            Durable {
+                durable: durable_rx,
+                announced: announced.clone(),
+            },
+            announced,
         ))
     }
 

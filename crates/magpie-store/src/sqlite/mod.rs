@@ -4,7 +4,7 @@
 //! it takes every write queued while the previous transaction was committing, applies them in
 //! order and commits them in one transaction. A sync thread (`durable`) fsyncs the WAL once
 //! for every batch committed meanwhile — while the writer goes on with the next — and answers
-//! callers only once their batch is on disk; reads wait for the same. A write refused for a reason of its own (unknown user,
+//! callers only once their batch is on disk; a read waits until what it can have seen is. A write refused for a reason of its own (unknown user,
 //! conflict) is refused before it modifies anything, so its neighbours still commit; an
 //! unexpected failure rolls the whole batch back and fails every write in it. The writer
 //! caches the counters it alone maintains (last seq per conversation, change version per user)

@@ -7,7 +7,7 @@ use magpie_proto::frame::Direction;
 use magpie_proto::{ConversationId, ConversationState, UserId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use super::durable::{self, Durable};
+use super::durable::Durable;
 use super::rows::{self, MESSAGE_COLUMNS, STATE_COLUMNS, STATE_FROM};
 use crate::{Anchor, MessagePage, MessageQuery, StoreError, StoreResult, SyncPage, UserRecord};
 
@@ -21,8 +21,7 @@ use crate::{Anchor, MessagePage, MessageQuery, StoreError, StoreResult, SyncPage
 /// thread and back, which a login storm pays for in context switches. A larger read runs on
 /// the blocking pool so it cannot stall the other connections of an async worker.
 ///
-/// Every read runs in one transaction (one snapshot) and is answered only once what that
-/// snapshot holds is durable (see `durable`).
+/// A read is answered only once everything it can have seen is durable (see `durable`).
 #[derive(Debug)]
 pub(super) struct ReadPool {
     path: PathBuf,
@@ -64,41 +63,21 @@ impl ReadPool {
                 Some(conn) => conn,
                 None => open_reader(&path)?,
             };
-            let result = in_snapshot(&conn, f);
-            // A connection whose transaction could not end is not reused.
-            if conn.is_autocommit() {
-                idle.lock().map_err(StoreError::internal)?.push(conn);
-            }
+            let result = f(&conn);
+            idle.lock().map_err(StoreError::internal)?.push(conn);
             drop(permit);
             result
         };
-        let (value, generation) = if rows <= INLINE_ROWS {
+        let value = if rows <= INLINE_ROWS {
             work()?
         } else {
             tokio::task::spawn_blocking(work)
                 .await
                 .map_err(StoreError::internal)??
         };
-        self.durable.wait(generation).await?;
+        self.durable.wait_after_read().await?;
         Ok(value)
     }
-}
-
-/// Runs `f` in one read transaction; returns its result and the snapshot's commit generation.
-fn in_snapshot<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> StoreResult<T>,
-) -> StoreResult<(T, u64)> {
-    conn.prepare_cached("BEGIN")?.execute([])?;
-    let result = durable::generation(conn).and_then(|generation| Ok((f(conn)?, generation)));
-    if let Err(e) = conn
-        .prepare_cached("COMMIT")
-        .and_then(|mut s| s.execute([]))
-    {
-        tracing::warn!(error = %e, "sqlite: a read transaction did not end; rolling back");
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    result
 }
 
 fn open_reader(path: &std::path::Path) -> StoreResult<Connection> {
@@ -211,9 +190,8 @@ pub(super) fn changed_conversations(
     since: u64,
     limit: u32,
 ) -> StoreResult<SyncPage> {
-    // The pool runs every read in one transaction, so the user's version and the rows come
-    // from the same snapshot.
-    let tx = conn;
+    // One read transaction, so the user's version and the rows come from the same snapshot.
+    let tx = conn.unchecked_transaction()?;
     let current: Option<i64> = tx
         .prepare_cached(rows::CURRENT_VERSION_SQL)?
         .query_row([user.as_str()], |r| r.get(0))
@@ -254,10 +232,9 @@ pub(super) fn changed_group_conversations(
     since: u64,
     limit: u32,
 ) -> StoreResult<SyncPage> {
-    // The pool runs every read in one transaction: the clock and the stamps come from the same
-    // snapshot, and the single writer stamps in commit order, so no stamp at or below the clock
-    // can appear later.
-    let tx = conn;
+    // One read transaction: the clock and the stamps come from the same snapshot, and the
+    // single writer stamps in commit order, so no stamp at or below the clock can appear later.
+    let tx = conn.unchecked_transaction()?;
     let clock: Option<i64> = tx
         .prepare_cached("SELECT value FROM meta WHERE key = 'group_clock'")?
         .query_row([], |r| r.get(0))

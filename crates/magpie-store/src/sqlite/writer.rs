@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{Checkpointer, Restarter};
-use super::durable::{self, Durable, Finished, SyncFn, Syncer};
+use super::durable::{Announced, Durable, Finished, SyncFn, Syncer};
 use super::groups::GroupOp;
 use super::rows::{self, MESSAGE_COLUMNS};
 use crate::{
@@ -81,15 +81,15 @@ impl Writer {
         restarter: Restarter,
         sync: SyncFn,
     ) -> StoreResult<(Self, Durable)> {
-        let generation = durable::generation(&conn)?;
-        let (syncer, durable) = Syncer::spawn(sync, generation)?;
+        let (syncer, durable, announced) = Syncer::spawn(sync)?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let state = State {
             conn,
             cache: Cache::default(),
             pending_rows: HashMap::new(),
             batch_max_id: None,
-            generation,
+            generation: 0,
+            announced,
             syncer,
         };
         std::thread::Builder::new()
@@ -305,8 +305,10 @@ struct State {
     pending_rows: HashMap<(String, String), PendingRow>,
     /// The largest message id appended in the current batch.
     batch_max_id: Option<u64>,
-    /// The commit generation of the last committed batch (see `durable`).
+    /// The number of the last batch (see `durable`).
     generation: u64,
+    /// Where the next batch's number is announced before its commit.
+    announced: Arc<Announced>,
     /// Answers the batches once they are durable.
     syncer: Syncer,
 }
@@ -371,11 +373,6 @@ impl State {
         {
             abort = Some(e);
         }
-        if abort.is_none()
-            && let Err(e) = durable::stamp(&self.conn, self.generation + 1)
-        {
-            abort = Some(e);
-        }
         self.pending_rows.clear();
         self.batch_max_id = None;
         let outcome = match abort {
@@ -383,18 +380,21 @@ impl State {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 Some(e)
             }
-            None => self.conn.execute_batch("COMMIT").err().map(|e| {
-                let e = StoreError::from(e);
-                tracing::error!(error = %e, batch = size, "sqlite: commit failed");
-                let _ = self.conn.execute_batch("ROLLBACK");
-                e
-            }),
+            None => {
+                self.announced.announce(self.generation + 1);
+                self.conn.execute_batch("COMMIT").err().map(|e| {
+                    let e = StoreError::from(e);
+                    tracing::error!(error = %e, batch = size, "sqlite: commit failed");
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    e
+                })
+            }
         };
         if outcome.is_some() {
             self.cache.clear();
-        } else {
-            self.generation += 1;
         }
+        // A rolled-back batch uses up its number too: readers may be waiting for it.
+        self.generation += 1;
         observer.on_commit(size, started.elapsed());
         self.syncer.hand_over(Finished {
             generation: self.generation,

@@ -24,7 +24,9 @@ use crate::groups::{
     ApplicationFilter, GroupInfoUpdate, GroupRecord, GroupStore, GroupWrite, MemberUpdate,
     NewApplication, NewGroup,
 };
-use crate::{Anchor, MAX_NODE_ID, MessageQuery, NewMessage, NewUser, Store, StoreErrorKind};
+use crate::{
+    Anchor, MAX_NODE_ID, MessagePage, MessageQuery, NewMessage, NewUser, Store, StoreErrorKind,
+};
 
 /// A way to get fresh stores of one backend.
 #[allow(async_fn_in_trait)]
@@ -179,6 +181,25 @@ pub(crate) async fn create_users<S: Store>(store: &S, ids: &[&str]) {
 
 fn c2c(a: &str, b: &str) -> ConversationId {
     ConversationId::c2c(&uid(a), &uid(b))
+}
+
+/// The first `limit` messages between `a` and `b`, oldest first.
+pub(crate) async fn first_messages<S: Store>(
+    store: &S,
+    a: &str,
+    b: &str,
+    limit: u32,
+) -> MessagePage {
+    store
+        .get_messages(MessageQuery {
+            conversation_id: c2c(a, b),
+            direction: Direction::Forward,
+            anchor: Anchor::None,
+            limit,
+            min_seq: 1,
+        })
+        .await
+        .unwrap()
 }
 
 pub async fn users_can_be_created_read_updated_and_deleted<B: Backend>(b: &B) {

@@ -7,12 +7,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use magpie_proto::frame::Direction;
 use magpie_proto::message::Peer;
 use magpie_proto::{ConversationId, Message, MessageContent, MessageId, UserId};
 
 use super::*;
-use crate::{Anchor, StoreErrorKind};
+use crate::StoreErrorKind;
 
 /// A fresh PostgreSQL server (stopped and deleted on drop) with an empty database.
 struct Postgres {
@@ -142,16 +141,7 @@ async fn three_nodes_share_one_conversation_without_gaps_or_duplicates() {
 
     // What is stored: N messages, seqs 1..=N, each dedupe key once — seen from every node.
     for node in &nodes {
-        let page = node
-            .get_messages(MessageQuery {
-                conversation_id: ConversationId::c2c(&uid("alice"), &uid("bob")),
-                direction: Direction::Forward,
-                anchor: Anchor::None,
-                limit: 1000,
-                min_seq: 1,
-            })
-            .await
-            .unwrap();
+        let page = crate::testsuite::first_messages(node.as_ref(), "alice", "bob", 1000).await;
         let stored: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
         assert_eq!(stored, (1..=N).collect::<Vec<u64>>());
         let keys: BTreeSet<_> = page

@@ -234,13 +234,10 @@ mod tests {
     use std::sync::{Arc, Condvar, Mutex};
     use std::time::Duration;
 
-    use magpie_proto::ConversationId;
-    use magpie_proto::frame::Direction;
-
     use super::super::{SqliteOptions, SqliteStore, lock_exclusively};
     use super::*;
-    use crate::testsuite::{create_users, new_message, uid};
-    use crate::{Anchor, MessageQuery, OnCommit, Store};
+    use crate::testsuite::{create_users, first_messages, new_message};
+    use crate::{OnCommit, Store};
 
     /// A disk whose fsyncs can be held back or made to fail.
     #[derive(Default)]
@@ -281,16 +278,7 @@ mod tests {
     fn history(store: &Arc<SqliteStore>) -> tokio::task::JoinHandle<Vec<u64>> {
         let store = store.clone();
         tokio::spawn(async move {
-            let page = store
-                .get_messages(MessageQuery {
-                    conversation_id: ConversationId::c2c(&uid("alice"), &uid("bob")),
-                    direction: Direction::Forward,
-                    anchor: Anchor::None,
-                    limit: 50,
-                    min_seq: 1,
-                })
-                .await
-                .expect("read");
+            let page = first_messages(store.as_ref(), "alice", "bob", 50).await;
             page.messages.iter().map(|m| m.seq).collect()
         })
     }

@@ -4,11 +4,12 @@
 //! it takes every write queued while the previous transaction was committing, applies them in
 //! order and commits them in one transaction. A sync thread (`durable`) fsyncs the WAL once
 //! for every batch committed meanwhile — while the writer goes on with the next — and answers
-//! callers only once their batch is on disk; a read waits until what it can have seen is. A write refused for a reason of its own (unknown user,
-//! conflict) is refused before it modifies anything, so its neighbours still commit; an
-//! unexpected failure rolls the whole batch back and fails every write in it. The writer
-//! caches the counters it alone maintains (last seq per conversation, change version per user)
-//! and drops the cache whenever a transaction does not commit.
+//! callers only once their batch is on disk; a read waits until what it can have seen is.
+//! A write refused for a reason of its own (unknown user, conflict) is refused before it
+//! modifies anything, so its neighbours still commit; an unexpected failure rolls the whole
+//! batch back and fails every write in it. The writer caches the counters it alone maintains
+//! (last seq per conversation, change version per user) and drops the cache whenever a
+//! transaction does not commit.
 //! Reads run on a small pool of read-only connections on the blocking thread pool; WAL mode
 //! lets them proceed while the writer commits.
 //! Group writes (`groups`) are batched with the rest on the same writer thread, and refused

@@ -10,7 +10,14 @@
 //! benchmark). So the writer itself, once the WAL passes [`RESTART_BYTES`], runs a passive
 //! checkpoint between two batches ([`Restarter`]): no frame can arrive while it runs, so it
 //! completes — copying only what the background ones have not — and the next commit writes
-//! the WAL from its start, trimmed to the journal size limit.
+//! the WAL from its start.
+//!
+//! The WAL *file* keeps its size across a restart (up to [`WAL_KEEP_BYTES`]): the next frames
+//! overwrite blocks the file already has. Trimming it back at every restart made each new
+//! frame extend the file again, and on ext4 an extending write allocates blocks and journals
+//! the inode while the sync thread's fsync commits that same journal — the writer's `pwrite`s
+//! blocked behind it, which was the largest source of the c2c latency tail (p99 at 5,000 msg/s
+//! 48–50 ms trimmed, 18 ms kept; docs/BENCHMARKS.md).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +34,12 @@ const INTERVAL: Duration = Duration::from_millis(100);
 
 /// WAL size above which the writer makes the WAL start over.
 pub(super) const RESTART_BYTES: u64 = 128 * 1024 * 1024;
+
+/// Size the WAL file is trimmed back to when it starts over, if it grew beyond it: well above
+/// what [`RESTART_BYTES`] plus a second of writes leaves behind, so a busy server never trims
+/// (see the module doc), while a burst that held restarts back does not keep gigabytes on disk.
+pub(super) const WAL_KEEP_BYTES: u64 = 4 * RESTART_BYTES;
+const _: () = assert!(WAL_KEEP_BYTES >= 2 * RESTART_BYTES);
 
 /// How often the writer looks at the WAL's size.
 const RESTART_CHECK: Duration = Duration::from_secs(1);
@@ -114,34 +127,90 @@ impl Drop for Checkpointer {
 mod tests {
     use super::*;
 
+    /// Frames currently in the WAL (a passive checkpoint reports them).
+    fn frames_in_wal(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .expect("checkpoint")
+    }
+
     #[test]
-    fn the_writer_makes_a_growing_wal_start_over() {
+    fn the_writer_makes_a_growing_wal_start_over_in_a_file_that_keeps_its_size() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("w.db");
+        let wal_path = super::super::wal_path(&path);
         let conn = super::super::open_connection(&path).expect("open");
-        let limit = 64 * 1024;
-        conn.pragma_update(None, "journal_size_limit", limit)
-            .expect("limit");
         conn.execute_batch("CREATE TABLE t (x BLOB)")
             .expect("table");
+        let limit: u64 = 64 * 1024;
         let mut restarter = Restarter {
-            wal: super::super::wal_path(&path),
+            wal: wal_path.clone(),
             last_check: Instant::now(),
             every: Duration::ZERO,
-            above: limit as u64,
+            above: limit,
         };
         let row = vec![7u8; 1024];
-        for _ in 0..200 {
+        let mut largest_file = 0;
+        for i in 0..200 {
             conn.execute("INSERT INTO t (x) VALUES (?1)", [&row])
                 .expect("insert");
             restarter.maybe_restart(&conn);
+            let file = std::fs::metadata(&wal_path).expect("wal").len();
+            assert!(
+                file >= largest_file,
+                "insert {i}: the WAL file shrank from {largest_file} to {file} bytes; a restart \
+                 must overwrite it, not trim it"
+            );
+            largest_file = file;
         }
-        let wal = std::fs::metadata(super::super::wal_path(&path))
-            .expect("wal")
-            .len();
         assert!(
-            wal < 4 * limit as u64,
-            "200 KiB written, WAL at {wal} bytes: it never started over"
+            largest_file < 4 * limit,
+            "200 KiB written, WAL file at {largest_file} bytes: it never started over"
+        );
+        let frames = frames_in_wal(&conn);
+        assert!(
+            (frames as u64) * 4096 < 2 * limit,
+            "{frames} frames in the WAL after its restarts"
+        );
+    }
+
+    #[test]
+    fn a_wal_that_grew_past_the_keep_size_is_trimmed_when_it_starts_over() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("w.db");
+        let wal_path = super::super::wal_path(&path);
+        let conn = super::super::open_connection(&path).expect("open");
+        let kept: i64 = conn
+            .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
+            .expect("limit");
+        assert_eq!(kept as u64, WAL_KEEP_BYTES);
+        // The same rule, scaled down so the test writes kilobytes rather than gigabytes.
+        let keep = 96 * 1024;
+        conn.pragma_update(None, "journal_size_limit", keep)
+            .expect("limit");
+        conn.execute_batch("CREATE TABLE t (x BLOB)")
+            .expect("table");
+        let row = vec![7u8; 1024];
+        conn.execute_batch("BEGIN").expect("begin");
+        for _ in 0..100 {
+            conn.execute("INSERT INTO t (x) VALUES (?1)", [&row])
+                .expect("insert");
+        }
+        conn.execute_batch("COMMIT").expect("commit");
+        let grown = std::fs::metadata(&wal_path).expect("wal").len();
+        assert!(grown > keep as u64, "the WAL never grew: {grown} bytes");
+        let mut restarter = Restarter {
+            wal: wal_path.clone(),
+            last_check: Instant::now(),
+            every: Duration::ZERO,
+            above: 0,
+        };
+        restarter.maybe_restart(&conn);
+        conn.execute("INSERT INTO t (x) VALUES (?1)", [&row])
+            .expect("insert");
+        let after = std::fs::metadata(&wal_path).expect("wal").len();
+        assert!(
+            after <= keep as u64,
+            "grown to {grown} bytes, still {after} after starting over"
         );
     }
 }

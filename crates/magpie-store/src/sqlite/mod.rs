@@ -208,9 +208,9 @@ fn open_connection(path: &Path) -> StoreResult<rusqlite::Connection> {
     // 64 MiB of page cache: the writer touches the same index pages over and over.
     conn.pragma_update(None, "cache_size", -65_536)?;
     // Checkpoints run on their own thread (see `checkpoint`), never inside a commit; when the
-    // WAL starts over, its file is trimmed back to this size.
+    // WAL starts over, its file keeps its size unless it grew beyond this.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "journal_size_limit", checkpoint::RESTART_BYTES as i64)?;
+    conn.pragma_update(None, "journal_size_limit", checkpoint::WAL_KEEP_BYTES as i64)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

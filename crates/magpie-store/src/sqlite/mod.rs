@@ -210,7 +210,11 @@ fn open_connection(path: &Path) -> StoreResult<rusqlite::Connection> {
     // Checkpoints run on their own thread (see `checkpoint`), never inside a commit; when the
     // WAL starts over, its file keeps its size unless it grew beyond this.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "journal_size_limit", checkpoint::WAL_KEEP_BYTES as i64)?;
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        checkpoint::WAL_KEEP_BYTES as i64,
+    )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

@@ -12,6 +12,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_node_leases.sql"),
     include_str!("../../migrations/sqlite/0003_groups.sql"),
     include_str!("../../migrations/sqlite/0004_group_messages.sql"),
+    include_str!("../../migrations/sqlite/0005_messages_in_arrival_order.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.
@@ -53,5 +54,61 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).expect("bump");
         let err = migrate(&mut conn).expect_err("newer schema");
         assert_eq!(err.kind(), StoreErrorKind::Internal);
+    }
+
+    #[test]
+    fn stored_messages_survive_the_move_to_arrival_order() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for sql in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).expect("older migration");
+        }
+        conn.pragma_update(None, "user_version", 4)
+            .expect("version");
+        let insert = "INSERT INTO messages (id, conversation_id, seq, sender, recipient, \
+                      client_msg_id, content, ext, server_time, mentions) \
+                      VALUES (?1, ?2, ?3, 'a', 'b', ?4, ?5, NULL, ?6, NULL)";
+        for (id, conversation, seq) in [(30, "c2c:a:b", 2), (10, "c2c:a:b", 1), (20, "c2c:a:c", 1)]
+        {
+            conn.execute(
+                insert,
+                (
+                    id,
+                    conversation,
+                    seq,
+                    format!("k{id}"),
+                    format!("text {id}"),
+                    id * 1000,
+                ),
+            )
+            .expect("message");
+        }
+
+        migrate(&mut conn).expect("migrate");
+
+        let rows: Vec<(i64, String, i64, String, i64)> = conn
+            .prepare("SELECT id, conversation_id, seq, content, server_time FROM messages ORDER BY rowid")
+            .expect("select")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("read");
+        assert_eq!(
+            rows,
+            vec![
+                (10, "c2c:a:b".into(), 1, "text 10".into(), 10_000),
+                (20, "c2c:a:c".into(), 1, "text 20".into(), 20_000),
+                (30, "c2c:a:b".into(), 2, "text 30".into(), 30_000),
+            ],
+            "every message kept, in id (arrival) order"
+        );
+        // Both keys are still unique: a second seq 2 and a second `k10` from the same sender
+        // in the same conversation are refused.
+        let same_seq = conn.execute(insert, (40, "c2c:a:b", 2, "k40", "x", 40_000));
+        assert!(same_seq.is_err(), "a seq was stored twice: {same_seq:?}");
+        let same_key = conn.execute(insert, (50, "c2c:a:b", 3, "k10", "x", 50_000));
+        assert!(
+            same_key.is_err(),
+            "a client_msg_id was stored twice: {same_key:?}"
+        );
     }
 }

@@ -9,7 +9,7 @@
 -- of 25, 2.3 -> 1.7 in batches of 200 (docs/BENCHMARKS.md). History of one conversation is read
 -- through the index; recent messages sit close together because they arrived close together.
 --
--- The copy rewrites every stored message once, inside this migration's transaction.
+-- The copy rewrites every stored message once, inside this migration's transaction. ADR 0009.
 CREATE TABLE messages_by_arrival (
     conversation_id TEXT NOT NULL,
     seq             INTEGER NOT NULL,

@@ -24,9 +24,7 @@ use crate::groups::{
     ApplicationFilter, GroupInfoUpdate, GroupRecord, GroupStore, GroupWrite, MemberUpdate,
     NewApplication, NewGroup,
 };
-use crate::{
-    Anchor, MAX_NODE_ID, MessagePage, MessageQuery, NewMessage, NewUser, Store, StoreErrorKind,
-};
+use crate::{Anchor, MAX_NODE_ID, MessageQuery, NewMessage, NewUser, Store, StoreErrorKind};
 
 /// A way to get fresh stores of one backend.
 #[allow(async_fn_in_trait)]
@@ -184,12 +182,13 @@ fn c2c(a: &str, b: &str) -> ConversationId {
 }
 
 /// The first `limit` messages between `a` and `b`, oldest first.
+#[cfg(test)]
 pub(crate) async fn first_messages<S: Store>(
     store: &S,
     a: &str,
     b: &str,
     limit: u32,
-) -> MessagePage {
+) -> crate::MessagePage {
     store
         .get_messages(MessageQuery {
             conversation_id: c2c(a, b),

@@ -127,6 +127,24 @@ impl Drop for Checkpointer {
 mod tests {
     use super::*;
 
+    /// A connection configured as the store's, on a fresh file, and the path of its WAL.
+    fn database() -> (tempfile::TempDir, Connection, PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("w.db");
+        let conn = super::super::open_connection(&path).expect("open");
+        (dir, conn, super::super::wal_path(&path))
+    }
+
+    /// A restarter that looks at the WAL on every call.
+    fn restarter_above(wal: &std::path::Path, bytes: u64) -> Restarter {
+        Restarter {
+            wal: wal.to_owned(),
+            last_check: Instant::now(),
+            every: Duration::ZERO,
+            above: bytes,
+        }
+    }
+
     /// Frames currently in the WAL (a passive checkpoint reports them).
     fn frames_in_wal(conn: &Connection) -> i64 {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
@@ -135,19 +153,11 @@ mod tests {
 
     #[test]
     fn the_writer_makes_a_growing_wal_start_over_in_a_file_that_keeps_its_size() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("w.db");
-        let wal_path = super::super::wal_path(&path);
-        let conn = super::super::open_connection(&path).expect("open");
+        let (_dir, conn, wal_path) = database();
         conn.execute_batch("CREATE TABLE t (x BLOB)")
             .expect("table");
         let limit: u64 = 64 * 1024;
-        let mut restarter = Restarter {
-            wal: wal_path.clone(),
-            last_check: Instant::now(),
-            every: Duration::ZERO,
-            above: limit,
-        };
+        let mut restarter = restarter_above(&wal_path, limit);
         let row = vec![7u8; 1024];
         let mut largest_file = 0;
         for i in 0..200 {
@@ -175,10 +185,7 @@ mod tests {
 
     #[test]
     fn a_wal_that_grew_past_the_keep_size_is_trimmed_when_it_starts_over() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("w.db");
-        let wal_path = super::super::wal_path(&path);
-        let conn = super::super::open_connection(&path).expect("open");
+        let (_dir, conn, wal_path) = database();
         let kept: i64 = conn
             .query_row("PRAGMA journal_size_limit", [], |r| r.get(0))
             .expect("limit");
@@ -198,12 +205,7 @@ mod tests {
         conn.execute_batch("COMMIT").expect("commit");
         let grown = std::fs::metadata(&wal_path).expect("wal").len();
         assert!(grown > keep as u64, "the WAL never grew: {grown} bytes");
-        let mut restarter = Restarter {
-            wal: wal_path.clone(),
-            last_check: Instant::now(),
-            every: Duration::ZERO,
-            above: 0,
-        };
+        let mut restarter = restarter_above(&wal_path, 0);
         restarter.maybe_restart(&conn);
         conn.execute("INSERT INTO t (x) VALUES (?1)", [&row])
             .expect("insert");

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Writes per store commit.
     pub commit_batch: Histogram,
+    /// Pauses of the store's writer for maintenance, in seconds.
+    pub writer_pause_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -111,6 +113,7 @@ impl Default for Metrics {
             errors: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             commit_seconds: Histogram::new(LATENCY_BOUNDS),
             commit_batch: Histogram::new(BATCH_BOUNDS),
+            writer_pause_seconds: Histogram::new(LATENCY_BOUNDS),
         }
     }
 }
@@ -245,6 +248,11 @@ impl Metrics {
             "magpie_store_commit_batch_size",
             "Writes per store commit.",
         );
+        self.writer_pause_seconds.render(
+            &mut out,
+            "magpie_store_writer_pause_seconds",
+            "Time the store's only writer stopped for maintenance (SQLite: a WAL restart), during which writes queued.",
+        );
         out
     }
 }
@@ -253,6 +261,10 @@ impl CommitObserver for Metrics {
     fn on_commit(&self, batch: usize, elapsed: Duration) {
         self.commit_seconds.observe(elapsed.as_secs_f64());
         self.commit_batch.observe(batch as f64);
+    }
+
+    fn on_writer_pause(&self, elapsed: Duration) {
+        self.writer_pause_seconds.observe(elapsed.as_secs_f64());
     }
 }
 
@@ -265,6 +277,7 @@ mod tests {
         let metrics = Metrics::default();
         metrics.on_commit(3, Duration::from_micros(300));
         metrics.on_commit(100, Duration::from_millis(2));
+        metrics.on_writer_pause(Duration::from_millis(12));
         metrics.error(ErrorCode::RateLimited);
         let text = metrics.render(7);
         assert!(text.contains("magpie_sessions 7"));
@@ -274,6 +287,12 @@ mod tests {
         );
         assert!(text.contains("magpie_store_commit_batch_size_bucket{le=\"128\"} 2"));
         assert!(text.contains("magpie_store_commit_batch_size_count 2"));
+        assert!(
+            text.contains("magpie_store_writer_pause_seconds_count 1"),
+            "{text}"
+        );
+        assert!(text.contains("magpie_store_writer_pause_seconds_bucket{le=\"0.01\"} 0"));
+        assert!(text.contains("magpie_store_writer_pause_seconds_bucket{le=\"0.025\"} 1"));
         assert!(text.contains("magpie_errors_total{code=\"4001\",name=\"rate_limited\"} 1"));
     }
 }

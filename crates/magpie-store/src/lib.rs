@@ -230,6 +230,10 @@ pub const MAX_NODE_ID: u16 = 1023;
 pub trait CommitObserver: Send + Sync + 'static {
     /// A transaction holding `batch` writes committed after `elapsed`.
     fn on_commit(&self, batch: usize, elapsed: Duration);
+
+    /// The only writer stopped applying writes for `elapsed` to maintain the store (SQLite:
+    /// the checkpoint that lets a full WAL start over). Every write queued meanwhile waited.
+    fn on_writer_pause(&self, _elapsed: Duration) {}
 }
 
 /// An observer that ignores everything.

@@ -122,7 +122,7 @@ impl SqliteStore {
         let mut conn = open_connection(path)?;
         schema::migrate(&mut conn)?;
         let checkpointer = checkpoint::Checkpointer::spawn(open_connection(path)?)?;
-        let restarter = checkpoint::Restarter::new(wal_path(path));
+        let restarter = checkpoint::Restarter::watch(&mut conn)?;
         let (writer, durable) = Writer::spawn(
             conn,
             options.max_batch,

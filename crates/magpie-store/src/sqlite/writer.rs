@@ -192,7 +192,9 @@ fn run(
             }
             return;
         }
-        restarter.maybe_restart(&state.conn);
+        if let Some(paused) = restarter.maybe_restart(&state.conn) {
+            observer.on_writer_pause(paused);
+        }
     }
 }
 

@@ -57,7 +57,9 @@ pub(super) struct Restarter {
 }
 
 impl Restarter {
-    /// Watches the writer connection's WAL through its WAL hook (which this takes over).
+    /// Watches the writer connection's WAL through its WAL hook (which this takes over). Set
+    /// `wal_autocheckpoint` before, never after: that pragma replaces the hook, and the WAL
+    /// would then never start over.
     pub(super) fn watch(conn: &mut Connection) -> StoreResult<Self> {
         let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
         let frames = Arc::new(AtomicU64::new(0));

@@ -11,7 +11,7 @@
 //! (SQLite reports the count to a WAL hook after every commit), runs a passive checkpoint
 //! between two batches ([`Restarter`]): no frame can arrive while it runs, so it completes —
 //! copying only what the background ones have not — and the next commit writes the WAL from
-//! its start. The size of the WAL *file* says nothing about this: the file is kept (below).
+//! its start.
 //!
 //! The WAL *file* keeps its size across a restart (up to [`WAL_KEEP_BYTES`]): the next frames
 //! overwrite blocks the file already has. Trimming it back at every restart made each new
@@ -41,7 +41,7 @@ pub(super) const RESTART_BYTES: u64 = 128 * 1024 * 1024;
 pub(super) const WAL_KEEP_BYTES: u64 = 4 * RESTART_BYTES;
 const _: () = assert!(WAL_KEEP_BYTES >= 2 * RESTART_BYTES);
 
-/// How often the writer looks at the WAL's size.
+/// How often the writer looks at how much the WAL holds.
 const RESTART_CHECK: Duration = Duration::from_secs(1);
 
 /// The writer's side: every [`RESTART_CHECK`], if the WAL holds more than [`RESTART_BYTES`] of
@@ -88,10 +88,16 @@ impl Restarter {
             return None;
         }
         let started = Instant::now();
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "sqlite: writer checkpoint failed");
-        }
+        checkpoint_passive(conn, "writer");
         Some(started.elapsed())
+    }
+}
+
+/// Copies what it can of the WAL into the database without blocking anyone; a failure is
+/// logged and the next checkpoint tries again.
+fn checkpoint_passive(conn: &Connection, by: &str) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, by, "sqlite: checkpoint failed");
     }
 }
 
@@ -111,10 +117,7 @@ impl Checkpointer {
             .spawn(move || {
                 while !stopping.load(Ordering::Acquire) {
                     std::thread::park_timeout(INTERVAL);
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(error = %e, "sqlite: background checkpoint failed");
-                    }
+                    checkpoint_passive(&conn, "background");
                 }
             })
             .map_err(StoreError::internal)?;

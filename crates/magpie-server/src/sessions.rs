@@ -109,15 +109,20 @@ impl SharedFrame {
             Codec::Json => &self.json,
             Codec::MsgPack => &self.msgpack,
         };
-        cell.get_or_init(|| match codec.encode(&self.frame) {
-            Ok(bytes) => Bytes::from(bytes),
-            Err(e) => {
-                // Our own types always encode; this would be a bug, not a client problem.
-                tracing::error!(error = %e, "cannot encode a server frame");
-                Bytes::new()
-            }
-        })
-        .clone()
+        cell.get_or_init(|| encode_frame(codec, &self.frame).unwrap_or_default())
+            .clone()
+    }
+}
+
+/// A server frame's bytes in `codec`, or `None` (logged) if it cannot be encoded: our own
+/// types always encode, so that would be a bug, not a client problem.
+pub fn encode_frame(codec: Codec, frame: &ServerFrame) -> Option<Bytes> {
+    match codec.encode(frame) {
+        Ok(bytes) => Some(Bytes::from(bytes)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a server frame");
+            None
+        }
     }
 }
 

@@ -243,6 +243,7 @@ async fn pipelined_sends_get_increasing_seqs_in_send_order_and_all_answers() {
         ids.push(alice.send("send", data).await);
     }
     let mut seq_of = std::collections::HashMap::new();
+    let mut answered = Vec::new();
     while seq_of.len() < ids.len() {
         let frame = alice.next_frame().await;
         if frame["type"] == "event" {
@@ -252,7 +253,11 @@ async fn pipelined_sends_get_increasing_seqs_in_send_order_and_all_answers() {
         let message = &frame["data"]["message"];
         let n: u64 = frame["id"].as_u64().unwrap();
         assert!(seq_of.insert(n, message["seq"].as_u64().unwrap()).is_none());
+        answered.push(n);
     }
+    // Answers finish a commit at a time and go out several per socket write; still in the
+    // order the requests came.
+    assert_eq!(answered, ids, "answers in request order");
     let seqs: Vec<u64> = ids.iter().map(|id| seq_of[id]).collect();
     assert_eq!(seqs, (1..=50).collect::<Vec<u64>>());
 

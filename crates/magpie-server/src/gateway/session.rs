@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use magpie_proto::frame::{
     ClientFrame, DeviceList, Empty, FrameHead, LoginRequest, LoginResponse, Payload, Pong,
     TokenInfo, close,
@@ -31,7 +31,9 @@ use crate::error::Error;
 use crate::group_messages::SendOrder;
 use crate::messaging::Origin;
 use crate::metrics::Metrics;
-use crate::sessions::{Control, Delivery, DeviceEntry, Inbox, SessionId, SharedFrame};
+use crate::sessions::{
+    Control, Delivery, DeviceEntry, Inbox, SessionId, SharedFrame, encode_frame,
+};
 
 type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
@@ -140,13 +142,13 @@ impl Conn {
                 delivery = next_delivery(&self.inbox) => match delivery {
                     Delivery::Close(control) => return self.on_control(control).await,
                     Delivery::Event(frame) => {
-                        if self.write_events(frame).await.is_err() {
+                        if self.write_ready(Outgoing::Event(frame)).await.is_err() {
                             return None;
                         }
                     }
                 },
                 Some(frame) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    if self.write(&frame).await.is_err() {
+                    if self.write_ready(Outgoing::Answer(frame)).await.is_err() {
                         return None;
                     }
                 }
@@ -522,12 +524,9 @@ impl Conn {
     }
 
     async fn write(&mut self, frame: &ServerFrame) -> Result<(), axum::Error> {
-        match self.codec.encode(frame) {
-            Ok(bytes) => self.write_bytes(Bytes::from(bytes)).await,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a server frame");
-                Ok(())
-            }
+        match encode_frame(self.codec, frame) {
+            Some(bytes) => self.write_bytes(bytes).await,
+            None => Ok(()),
         }
     }
 
@@ -538,22 +537,33 @@ impl Conn {
         }
     }
 
-    /// Writes an event and the events queued behind it with a single flush, so a busy device
-    /// costs one socket write per batch rather than per event. Bounded like every write.
-    async fn write_events(&mut self, first: Arc<SharedFrame>) -> Result<(), axum::Error> {
+    /// Writes `first` and whatever else is ready behind it — answers to finished requests, in
+    /// their order, and queued events — with a single flush, so a busy device costs one socket
+    /// write per batch rather than one per frame. Sends finish in batches (one store commit
+    /// answers many), so their answers usually come several at a time. Bounded like every
+    /// write.
+    async fn write_ready(&mut self, first: Outgoing) -> Result<(), axum::Error> {
         let idle_timeout = self.app.config.idle_timeout();
         let codec = self.codec;
-        let (socket, inbox) = (&mut self.socket, &self.inbox);
+        let (socket, in_flight, inbox) = (&mut self.socket, &mut self.in_flight, &self.inbox);
         let batch = async move {
             let mut next = Some(first);
             let mut queued = 0;
-            while let Some(frame) = next.take() {
-                if let Some(message) = ws_message(codec, frame.encoded(codec)) {
+            while let Some(outgoing) = next.take() {
+                if let Some(message) = outgoing.encoded(codec).and_then(|b| ws_message(codec, b)) {
                     socket.feed(message).await?;
                 }
                 queued += 1;
                 if queued < MAX_WRITE_BATCH {
-                    next = inbox.as_ref().and_then(|inbox| inbox.try_next_event());
+                    // Polling without waiting is safe: the session loop polls `in_flight`
+                    // again before it sleeps, which registers its own waker.
+                    next = match in_flight.next().now_or_never() {
+                        Some(Some(answer)) => Some(Outgoing::Answer(answer)),
+                        _ => inbox
+                            .as_ref()
+                            .and_then(|inbox| inbox.try_next_event())
+                            .map(Outgoing::Event),
+                    };
                 }
             }
             socket.flush().await
@@ -582,8 +592,25 @@ impl Conn {
     }
 }
 
-/// Events written before one flush.
+/// Frames written before one flush.
 const MAX_WRITE_BATCH: usize = 64;
+
+/// A frame on its way to the device.
+enum Outgoing {
+    /// The answer to a request of this device, encoded for it alone.
+    Answer(ServerFrame),
+    /// An event, encoded once for every device it goes to.
+    Event(Arc<SharedFrame>),
+}
+
+impl Outgoing {
+    fn encoded(&self, codec: Codec) -> Option<Bytes> {
+        match self {
+            Self::Answer(frame) => encode_frame(codec, frame),
+            Self::Event(frame) => Some(frame.encoded(codec)),
+        }
+    }
+}
 
 /// A frame's bytes as the WebSocket message its codec uses.
 fn ws_message(codec: Codec, bytes: Bytes) -> Option<WsMessage> {

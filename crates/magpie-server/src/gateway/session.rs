@@ -31,9 +31,7 @@ use crate::error::Error;
 use crate::group_messages::SendOrder;
 use crate::messaging::Origin;
 use crate::metrics::Metrics;
-use crate::sessions::{
-    Control, Delivery, DeviceEntry, Inbox, SessionId, SharedFrame, encode_frame,
-};
+use crate::sessions::{Control, Delivery, DeviceEntry, Inbox, SessionId, encode_frame};
 
 type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 
@@ -142,13 +140,13 @@ impl Conn {
                 delivery = next_delivery(&self.inbox) => match delivery {
                     Delivery::Close(control) => return self.on_control(control).await,
                     Delivery::Event(frame) => {
-                        if self.write_ready(Outgoing::Event(frame)).await.is_err() {
+                        if self.write_ready(Some(frame.encoded(self.codec))).await.is_err() {
                             return None;
                         }
                     }
                 },
                 Some(frame) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    if self.write_ready(Outgoing::Answer(frame)).await.is_err() {
+                    if self.write_ready(encode_frame(self.codec, &frame)).await.is_err() {
                         return None;
                     }
                 }
@@ -542,15 +540,16 @@ impl Conn {
     /// write per batch rather than one per frame. Sends finish in batches (one store commit
     /// answers many), so their answers usually come several at a time. Bounded like every
     /// write.
-    async fn write_ready(&mut self, first: Outgoing) -> Result<(), axum::Error> {
+    async fn write_ready(&mut self, first: Option<Bytes>) -> Result<(), axum::Error> {
         let idle_timeout = self.app.config.idle_timeout();
         let codec = self.codec;
         let (socket, in_flight, inbox) = (&mut self.socket, &mut self.in_flight, &self.inbox);
         let batch = async move {
+            // `None` stands for a frame that could not be encoded (logged): skipped.
             let mut next = Some(first);
             let mut queued = 0;
-            while let Some(outgoing) = next.take() {
-                if let Some(message) = outgoing.encoded(codec).and_then(|b| ws_message(codec, b)) {
+            while let Some(encoded) = next.take() {
+                if let Some(message) = encoded.and_then(|bytes| ws_message(codec, bytes)) {
                     socket.feed(message).await?;
                 }
                 queued += 1;
@@ -558,11 +557,11 @@ impl Conn {
                     // Polling without waiting is safe: the session loop polls `in_flight`
                     // again before it sleeps, which registers its own waker.
                     next = match in_flight.next().now_or_never() {
-                        Some(Some(answer)) => Some(Outgoing::Answer(answer)),
+                        Some(Some(answer)) => Some(encode_frame(codec, &answer)),
                         _ => inbox
                             .as_ref()
                             .and_then(|inbox| inbox.try_next_event())
-                            .map(Outgoing::Event),
+                            .map(|event| Some(event.encoded(codec))),
                     };
                 }
             }
@@ -594,23 +593,6 @@ impl Conn {
 
 /// Frames written before one flush.
 const MAX_WRITE_BATCH: usize = 64;
-
-/// A frame on its way to the device.
-enum Outgoing {
-    /// The answer to a request of this device, encoded for it alone.
-    Answer(ServerFrame),
-    /// An event, encoded once for every device it goes to.
-    Event(Arc<SharedFrame>),
-}
-
-impl Outgoing {
-    fn encoded(&self, codec: Codec) -> Option<Bytes> {
-        match self {
-            Self::Answer(frame) => encode_frame(codec, frame),
-            Self::Event(frame) => Some(frame.encoded(codec)),
-        }
-    }
-}
 
 /// A frame's bytes as the WebSocket message its codec uses.
 fn ws_message(codec: Codec, bytes: Bytes) -> Option<WsMessage> {

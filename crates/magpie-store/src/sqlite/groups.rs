@@ -14,6 +14,7 @@ use magpie_proto::group::{
 use magpie_proto::{ConversationId, Millis, UserId};
 use rusqlite::{Connection, OptionalExtension, Row};
 
+use super::rows;
 use super::writer::{Completion, Reply, complete, stamp_group_activity};
 use crate::groups::{
     self, APPLICATION_COLUMNS, ApplicationFilter, GroupRecord, GroupWrite, MEMBER_COLUMNS,
@@ -521,7 +522,10 @@ fn require_members(
 /// The group conversation's last seq (0 before its first message), as this transaction sees it.
 fn last_seq(conn: &Connection, conversation: &ConversationId) -> StoreResult<u64> {
     let last: Option<i64> = conn
-        .prepare_cached("SELECT MAX(seq) FROM messages WHERE conversation_id = ?1")?
+        .prepare_cached(
+            "SELECT MAX(seq) FROM messages \
+             WHERE conversation_key = (SELECT key FROM conversations WHERE id = ?1)",
+        )?
         .query_row([conversation.as_str()], |r| r.get(0))?;
     Ok(last.unwrap_or(0) as u64)
 }
@@ -700,11 +704,7 @@ fn create_group(conn: &Connection, group: NewGroup, now: Millis) -> StoreResult<
     groups::set_join_point(&mut members, last_seq(conn, &conversation)?, false, true);
     insert_members(conn, &group.group_id, &members)?;
     // The conversation exists from the start, stamped, so the members' next sync shows it.
-    conn.prepare_cached(
-        "INSERT INTO conversations (id, kind, created_at) VALUES (?1, 'group', ?2) \
-         ON CONFLICT (id) DO NOTHING",
-    )?
-    .execute((conversation.as_str(), now))?;
+    rows::conversation_key(conn, &conversation, now)?;
     stamp_group_activity(conn, conversation.as_str(), 0)?;
     Ok(record)
 }

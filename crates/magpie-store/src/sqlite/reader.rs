@@ -8,7 +8,7 @@ use magpie_proto::{ConversationId, ConversationState, UserId};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::durable::Durable;
-use super::rows::{self, MESSAGE_COLUMNS, STATE_COLUMNS, STATE_FROM};
+use super::rows::{self, MESSAGE_COLUMNS, MESSAGES_OF_CONVERSATION, STATE_COLUMNS, STATE_FROM};
 use crate::{Anchor, MessagePage, MessageQuery, StoreError, StoreResult, SyncPage, UserRecord};
 
 /// A fixed number of read-only connections, opened on first use and reused. Readers beyond
@@ -130,7 +130,7 @@ pub(super) fn get_messages(conn: &Connection, q: &MessageQuery) -> StoreResult<M
     // Fetch one extra row to learn whether the page is the last one. ?2 may go unused: SQLite
     // numbers parameters by their largest index, so binding it anyway is fine.
     let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.conversation_id = ?1 {filter} \
+        "SELECT {MESSAGE_COLUMNS} FROM {MESSAGES_OF_CONVERSATION} {filter} \
          AND m.seq >= ?4 ORDER BY m.seq {order} LIMIT ?3"
     );
     let bound = bound.min(i64::MAX as u64) as i64;
@@ -167,7 +167,9 @@ fn first_seq_at_or_after(
         return Ok(1);
     };
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, server_time FROM messages WHERE conversation_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
+        "SELECT seq, server_time FROM messages \
+         WHERE conversation_key = (SELECT key FROM conversations WHERE id = ?1) AND seq >= ?2 \
+         ORDER BY seq LIMIT 1",
     )?;
     // Invariant: every seq below `low` is before `time`; every seq from `high` on is not.
     let (mut low, mut high) = (1i64, last + 1);

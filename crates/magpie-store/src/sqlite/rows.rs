@@ -10,11 +10,40 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use crate::{StoreError, StoreResult};
 
 /// The last seq and its server time of a conversation (no row if it has no message).
-pub(super) const LAST_MESSAGE_SQL: &str =
-    "SELECT seq, server_time FROM messages WHERE conversation_id = ?1 ORDER BY seq DESC LIMIT 1";
+pub(super) const LAST_MESSAGE_SQL: &str = "SELECT seq, server_time FROM messages \
+     WHERE conversation_key = (SELECT key FROM conversations WHERE id = ?1) \
+     ORDER BY seq DESC LIMIT 1";
 
-/// The columns [`message`] reads, in order, from a table aliased `m`.
-pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.conversation_id, m.seq, m.sender, m.recipient, m.client_msg_id, m.content, m.ext, m.server_time, m.mentions";
+/// The columns [`message`] reads, in order, from `messages` aliased `m` joined with its
+/// conversation aliased `c` (messages name their conversation by its integer key).
+pub(super) const MESSAGE_COLUMNS: &str = "m.id, c.id, m.seq, m.sender, m.recipient, m.client_msg_id, m.content, m.ext, m.server_time, m.mentions";
+
+/// FROM and WHERE for the messages of conversation `?1`, with [`MESSAGE_COLUMNS`]' aliases.
+/// The key is looked up in a subquery rather than by joining on the text id: that way the
+/// planner sees one conversation row (a unique key) and reads pages in `messages_by_seq`
+/// order, where a join on the id sometimes sorted the whole conversation for a page.
+pub(super) const MESSAGES_OF_CONVERSATION: &str = "messages m \
+     JOIN conversations c ON c.key = m.conversation_key \
+     WHERE m.conversation_key = (SELECT key FROM conversations WHERE id = ?1)";
+
+/// The key of conversation `id` (migration 0006), writing its row first if it has none: the
+/// next key, `kind`, created at `now`. Only the writer calls this, so "the largest key plus
+/// one" is never taken twice.
+pub(super) fn conversation_key(
+    conn: &Connection,
+    id: &ConversationId,
+    now: i64,
+) -> StoreResult<i64> {
+    conn.prepare_cached(
+        "INSERT INTO conversations (id, kind, created_at, key) \
+         VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(key), 0) + 1 FROM conversations)) \
+         ON CONFLICT (id) DO NOTHING",
+    )?
+    .execute((id.as_str(), kind_to_sql(id.kind()), now))?;
+    Ok(conn
+        .prepare_cached("SELECT key FROM conversations WHERE id = ?1")?
+        .query_row([id.as_str()], |r| r.get(0))?)
+}
 
 /// How many columns [`MESSAGE_COLUMNS`] has.
 const MESSAGE_WIDTH: usize = 10;
@@ -31,8 +60,8 @@ pub(super) const STATE_COLUMNS: &str = "uc.conversation_id, uc.peer, uc.read_seq
 /// user's membership.
 pub(super) const STATE_FROM: &str = "user_conversations uc \
      JOIN conversations c ON c.id = uc.conversation_id \
-     LEFT JOIN messages m ON m.conversation_id = uc.conversation_id \
-       AND m.seq = (SELECT MAX(seq) FROM messages WHERE conversation_id = uc.conversation_id) \
+     LEFT JOIN messages m ON m.conversation_key = c.key \
+       AND m.seq = (SELECT MAX(seq) FROM messages WHERE conversation_key = c.key) \
      LEFT JOIN group_members gm ON c.kind = 'group' \
        AND gm.group_id = substr(uc.conversation_id, 5) AND gm.user_id = uc.user_id";
 
@@ -43,13 +72,13 @@ pub(super) const GROUP_STATE_SELECT: &str = "SELECT c.id, NULL, COALESCE(uc.read
        COALESCE(uc.version, 0), max(COALESCE(uc.updated_at, 0), COALESCE(m.server_time, c.created_at)), \
        c.kind, COALESCE(m.seq, 0), COALESCE(uc.mention_seq, 0), c.mention_all_seq, \
        gm.visible_from_seq, \
-       m.id, m.conversation_id, m.seq, m.sender, m.recipient, m.client_msg_id, m.content, \
+       m.id, c.id, m.seq, m.sender, m.recipient, m.client_msg_id, m.content, \
        m.ext, m.server_time, m.mentions, c.activity \
      FROM group_members gm \
      JOIN conversations c ON c.id = 'grp:' || gm.group_id \
      LEFT JOIN user_conversations uc ON uc.user_id = gm.user_id AND uc.conversation_id = c.id \
-     LEFT JOIN messages m ON m.conversation_id = c.id \
-       AND m.seq = (SELECT MAX(seq) FROM messages WHERE conversation_id = c.id)";
+     LEFT JOIN messages m ON m.conversation_key = c.key \
+       AND m.seq = (SELECT MAX(seq) FROM messages WHERE conversation_key = c.key)";
 
 /// The column of [`GROUP_STATE_SELECT`] holding the activity stamp.
 pub(super) const ACTIVITY_COLUMN: usize = 10 + MESSAGE_WIDTH;
@@ -135,7 +164,7 @@ pub(super) fn conversation_state(row: &Row<'_>) -> rusqlite::Result<Conversation
 }
 
 /// The `kind` column's text for a conversation kind.
-pub(super) fn kind_to_sql(kind: ConversationKind) -> &'static str {
+fn kind_to_sql(kind: ConversationKind) -> &'static str {
     match kind {
         ConversationKind::C2c => "c2c",
         ConversationKind::Group => "group",

@@ -13,6 +13,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_groups.sql"),
     include_str!("../../migrations/sqlite/0004_group_messages.sql"),
     include_str!("../../migrations/sqlite/0005_messages_in_arrival_order.sql"),
+    include_str!("../../migrations/sqlite/0006_integer_conversation_keys.sql"),
 ];
 
 /// Brings the schema up to date, each migration in its own transaction.
@@ -57,7 +58,7 @@ mod tests {
     }
 
     #[test]
-    fn stored_messages_survive_the_move_to_arrival_order() {
+    fn stored_messages_survive_the_moves_to_arrival_order_and_integer_keys() {
         let mut conn = Connection::open_in_memory().expect("open");
         for sql in &MIGRATIONS[..4] {
             conn.execute_batch(sql).expect("older migration");
@@ -86,9 +87,14 @@ mod tests {
         migrate(&mut conn).expect("migrate");
 
         let rows: Vec<(i64, String, i64, String, i64)> = conn
-            .prepare("SELECT id, conversation_id, seq, content, server_time FROM messages ORDER BY rowid")
+            .prepare(
+                "SELECT m.id, c.id, m.seq, m.content, m.server_time FROM messages m \
+                 JOIN conversations c ON c.key = m.conversation_key ORDER BY m.rowid",
+            )
             .expect("select")
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .expect("rows")
             .collect::<Result<_, _>>()
             .expect("read");
@@ -101,11 +107,33 @@ mod tests {
             ],
             "every message kept, in id (arrival) order"
         );
+        // The messages' conversations had no rows (only messages were written): they got
+        // them, with their kind, first message time and distinct keys.
+        let conversations: Vec<(String, String, i64, i64)> = conn
+            .prepare("SELECT id, kind, created_at, key FROM conversations ORDER BY key")
+            .expect("select")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("read");
+        assert_eq!(
+            conversations,
+            vec![
+                ("c2c:a:b".into(), "c2c".into(), 10_000, 1),
+                ("c2c:a:c".into(), "c2c".into(), 20_000, 2),
+            ]
+        );
         // Both keys are still unique: a second seq 2 and a second `k10` from the same sender
         // in the same conversation are refused.
+        let insert = "INSERT INTO messages (id, conversation_key, seq, sender, recipient, \
+                      client_msg_id, content, ext, server_time, mentions) \
+                      VALUES (?1, (SELECT key FROM conversations WHERE id = ?2), ?3, 'a', 'b', \
+                      ?4, ?5, NULL, ?6, NULL)";
+        let fresh = conn.execute(insert, (35, "c2c:a:b", 3, "k35", "x", 35_000));
+        assert_eq!(fresh.ok(), Some(1), "a new message is accepted");
         let same_seq = conn.execute(insert, (40, "c2c:a:b", 2, "k40", "x", 40_000));
         assert!(same_seq.is_err(), "a seq was stored twice: {same_seq:?}");
-        let same_key = conn.execute(insert, (50, "c2c:a:b", 3, "k10", "x", 50_000));
+        let same_key = conn.execute(insert, (50, "c2c:a:b", 4, "k10", "x", 50_000));
         assert!(
             same_key.is_err(),
             "a client_msg_id was stored twice: {same_key:?}"

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::checkpoint::{Checkpointer, Restarter};
 use super::durable::{Announced, Durable, Finished, SyncFn, Syncer};
 use super::groups::GroupOp;
-use super::rows::{self, MESSAGE_COLUMNS};
+use super::rows::{self, MESSAGE_COLUMNS, MESSAGES_OF_CONVERSATION};
 use crate::{
     Appended, CommitObserver, NewMessage, NewUser, OnCommit, ReadOutcome, StoreError,
     StoreErrorKind, StoreResult,
@@ -262,6 +262,9 @@ fn is_refusal(e: &StoreError) -> bool {
 struct Cache {
     /// Conversation id → its last seq and that message's server time.
     last_seq: HashMap<String, (u64, i64)>,
+    /// Conversation id → its integer key (keys never change, but a rolled-back batch takes
+    /// the keys it gave out with it).
+    keys: HashMap<String, i64>,
     /// Live user id → their change counter.
     versions: HashMap<String, u64>,
 }
@@ -272,6 +275,7 @@ const CACHE_LIMIT: usize = 200_000;
 impl Cache {
     fn clear(&mut self) {
         self.last_seq.clear();
+        self.keys.clear();
         self.versions.clear();
     }
 }
@@ -318,7 +322,8 @@ struct State {
 impl State {
     /// Opens the transaction of a batch.
     fn begin(&mut self) -> StoreResult<OpenBatch> {
-        if self.cache.last_seq.len() + self.cache.versions.len() > CACHE_LIMIT {
+        let cached = self.cache.last_seq.len() + self.cache.keys.len() + self.cache.versions.len();
+        if cached > CACHE_LIMIT {
             self.cache.clear();
         }
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
@@ -566,10 +571,22 @@ impl State {
         Ok(last)
     }
 
+    /// The conversation's key, its row written first if it has none.
+    fn conversation_key(&mut self, conversation: &ConversationId, now: Millis) -> StoreResult<i64> {
+        if let Some(key) = self.cache.keys.get(conversation.as_str()) {
+            return Ok(*key);
+        }
+        let key = rows::conversation_key(&self.conn, conversation, now)?;
+        self.cache
+            .keys
+            .insert(conversation.as_str().to_owned(), key);
+        Ok(key)
+    }
+
     fn original(&self, message: &Message) -> StoreResult<Option<Message>> {
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages m \
-             WHERE m.conversation_id = ?1 AND m.sender = ?2 AND m.client_msg_id = ?3"
+            "SELECT {MESSAGE_COLUMNS} FROM {MESSAGES_OF_CONVERSATION} \
+             AND m.sender = ?2 AND m.client_msg_id = ?3"
         );
         Ok(self
             .conn
@@ -613,16 +630,17 @@ impl State {
         let (last_seq, last_time) = self.last_message(&message.conversation_id)?;
         let seq = last_seq + 1;
         message.server_time = message.server_time.max(last_time);
+        let key = self.conversation_key(&message.conversation_id, message.server_time)?;
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO messages (id, conversation_id, seq, sender, recipient, client_msg_id, content, ext, server_time, mentions) \
+                "INSERT INTO messages (id, conversation_key, seq, sender, recipient, client_msg_id, content, ext, server_time, mentions) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                 ON CONFLICT (conversation_id, sender, client_msg_id) DO NOTHING",
+                 ON CONFLICT (conversation_key, sender, client_msg_id) DO NOTHING",
             )?
             .execute((
                 message.id.0 as i64,
-                message.conversation_id.as_str(),
+                key,
                 seq as i64,
                 message.from.as_str(),
                 message.to.id(),
@@ -648,18 +666,6 @@ impl State {
         self.batch_max_id = self.batch_max_id.max(Some(message.id.0));
         let conversation = message.conversation_id.as_str();
         let now = message.server_time;
-        if seq == 1 {
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO conversations (id, kind, created_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (id) DO NOTHING",
-                )?
-                .execute((
-                    conversation,
-                    rows::kind_to_sql(message.conversation_id.kind()),
-                    now,
-                ))?;
-        }
         self.cache
             .last_seq
             .insert(conversation.to_owned(), (seq, message.server_time));

@@ -6,10 +6,10 @@
 //! the callers once the commit is on disk. This is what makes "acked means durable" cheap: a
 //! busy server pays one commit for hundreds of messages, and one fsync for several commits.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use hashbrown::HashMap;
 use magpie_proto::rest::{UpdateUser, User};
 use magpie_proto::{ConversationId, ConversationKind, Message, Millis, UserId};
 use rusqlite::{Connection, OptionalExtension};
@@ -308,7 +308,9 @@ struct State {
     cache: Cache,
     /// (user, conversation) rows the batch's appends changed, written before anything reads
     /// them and before the commit.
-    pending_rows: HashMap<(String, String), PendingRow>,
+    /// Keyed by conversation, then user, so that a message whose rows the batch already holds
+    /// finds them without allocating a key.
+    pending_rows: HashMap<String, HashMap<String, PendingRow>>,
     /// The largest message id appended in the current batch.
     batch_max_id: Option<u64>,
     /// The number of the last batch (see `durable`).
@@ -425,7 +427,11 @@ impl State {
                read_seq = max(read_seq, excluded.read_seq), \
                mention_seq = max(mention_seq, excluded.mention_seq)",
         )?;
-        for ((user, conversation), row) in self.pending_rows.drain() {
+        let rows = self.pending_rows.drain().flat_map(|(conversation, rows)| {
+            rows.into_iter()
+                .map(move |(user, row)| (user, conversation.clone(), row))
+        });
+        for (user, conversation, row) in rows {
             upsert.execute((
                 user,
                 conversation,
@@ -545,11 +551,7 @@ impl State {
         if !self.user_is_live(user)? {
             return Err(user_not_found(user));
         }
-        let version = self
-            .cache
-            .versions
-            .entry(user.as_str().to_owned())
-            .or_default();
+        let version = self.cache.versions.entry_ref(user.as_str()).or_default();
         *version += 1;
         Ok(*version)
     }
@@ -666,9 +668,7 @@ impl State {
         self.batch_max_id = self.batch_max_id.max(Some(message.id.0));
         let conversation = message.conversation_id.as_str();
         let now = message.server_time;
-        self.cache
-            .last_seq
-            .insert(conversation.to_owned(), (seq, message.server_time));
+        *self.cache.last_seq.entry_ref(conversation).or_default() = (seq, message.server_time);
         if message.conversation_id.kind() == ConversationKind::Group {
             let mention_all = message.mentions.as_ref().is_some_and(|m| m.all);
             stamp_group_activity(&self.conn, conversation, if mention_all { seq } else { 0 })?;
@@ -682,7 +682,9 @@ impl State {
             // one batch writes its participants' rows once, not once per message.
             let row = self
                 .pending_rows
-                .entry((user.as_str().to_owned(), conversation.to_owned()))
+                .entry_ref(conversation)
+                .or_default()
+                .entry_ref(user.as_str())
                 .or_insert_with(|| PendingRow {
                     peer: message.conversation_id.c2c_peer(user),
                     read_seq: 0,

@@ -522,11 +522,9 @@ fn require_members(
 /// The group conversation's last seq (0 before its first message), as this transaction sees it.
 fn last_seq(conn: &Connection, conversation: &ConversationId) -> StoreResult<u64> {
     let last: Option<i64> = conn
-        .prepare_cached(
-            "SELECT MAX(seq) FROM messages \
-             WHERE conversation_key = (SELECT key FROM conversations WHERE id = ?1)",
-        )?
-        .query_row([conversation.as_str()], |r| r.get(0))?;
+        .prepare_cached(rows::LAST_MESSAGE_SQL)?
+        .query_row([conversation.as_str()], |r| r.get(0))
+        .optional()?;
     Ok(last.unwrap_or(0) as u64)
 }
 

@@ -34,15 +34,20 @@ pub(super) fn conversation_key(
     id: &ConversationId,
     now: i64,
 ) -> StoreResult<i64> {
-    conn.prepare_cached(
-        "INSERT INTO conversations (id, kind, created_at, key) \
-         VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(key), 0) + 1 FROM conversations)) \
-         ON CONFLICT (id) DO NOTHING",
-    )?
-    .execute((id.as_str(), kind_to_sql(id.kind()), now))?;
-    Ok(conn
+    let existing: Option<i64> = conn
         .prepare_cached("SELECT key FROM conversations WHERE id = ?1")?
-        .query_row([id.as_str()], |r| r.get(0))?)
+        .query_row([id.as_str()], |r| r.get(0))
+        .optional()?;
+    if let Some(key) = existing {
+        return Ok(key);
+    }
+    Ok(conn
+        .prepare_cached(
+            "INSERT INTO conversations (id, kind, created_at, key) \
+             VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(key), 0) + 1 FROM conversations)) \
+             RETURNING key",
+        )?
+        .query_row((id.as_str(), kind_to_sql(id.kind()), now), |r| r.get(0))?)
 }
 
 /// How many columns [`MESSAGE_COLUMNS`] has.

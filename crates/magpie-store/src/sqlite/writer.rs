@@ -260,11 +260,8 @@ fn is_refusal(e: &StoreError) -> bool {
 /// whenever a transaction does not commit.
 #[derive(Default)]
 struct Cache {
-    /// Conversation id → its last seq and that message's server time.
-    last_seq: HashMap<String, (u64, i64)>,
-    /// Conversation id → its integer key (keys never change, but a rolled-back batch takes
-    /// the keys it gave out with it).
-    keys: HashMap<String, i64>,
+    /// Conversation id → its key and last message.
+    conversations: HashMap<String, Tail>,
     /// Live user id → their change counter.
     versions: HashMap<String, u64>,
 }
@@ -274,10 +271,20 @@ const CACHE_LIMIT: usize = 200_000;
 
 impl Cache {
     fn clear(&mut self) {
-        self.last_seq.clear();
-        self.keys.clear();
+        self.conversations.clear();
         self.versions.clear();
     }
+}
+
+/// What the writer needs of a conversation to append to it.
+#[derive(Clone, Copy)]
+struct Tail {
+    /// Its integer key (a rolled-back batch takes the keys it gave out with it).
+    key: i64,
+    /// Its last seq (0 before its first message).
+    seq: u64,
+    /// The server time of that message (0 before its first message).
+    server_time: i64,
 }
 
 /// A batch whose transaction is open.
@@ -324,8 +331,7 @@ struct State {
 impl State {
     /// Opens the transaction of a batch.
     fn begin(&mut self) -> StoreResult<OpenBatch> {
-        let cached = self.cache.last_seq.len() + self.cache.keys.len() + self.cache.versions.len();
-        if cached > CACHE_LIMIT {
+        if self.cache.conversations.len() + self.cache.versions.len() > CACHE_LIMIT {
             self.cache.clear();
         }
         self.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| {
@@ -427,20 +433,18 @@ impl State {
                read_seq = max(read_seq, excluded.read_seq), \
                mention_seq = max(mention_seq, excluded.mention_seq)",
         )?;
-        let rows = self.pending_rows.drain().flat_map(|(conversation, rows)| {
-            rows.into_iter()
-                .map(move |(user, row)| (user, conversation.clone(), row))
-        });
-        for (user, conversation, row) in rows {
-            upsert.execute((
-                user,
-                conversation,
-                row.peer.as_ref().map(UserId::as_str),
-                row.read_seq as i64,
-                row.version as i64,
-                row.updated_at,
-                row.mention_seq as i64,
-            ))?;
+        for (conversation, rows) in self.pending_rows.drain() {
+            for (user, row) in rows {
+                upsert.execute((
+                    user,
+                    &conversation,
+                    row.peer.as_ref().map(UserId::as_str),
+                    row.read_seq as i64,
+                    row.version as i64,
+                    row.updated_at,
+                    row.mention_seq as i64,
+                ))?;
+            }
         }
         Ok(())
     }
@@ -556,33 +560,31 @@ impl State {
         Ok(*version)
     }
 
-    /// The conversation's last seq and the server time of that message (0, 0 if none).
-    fn last_message(&mut self, conversation: &ConversationId) -> StoreResult<(u64, i64)> {
-        if let Some(last) = self.cache.last_seq.get(conversation.as_str()) {
-            return Ok(*last);
-        }
-        let last: Option<(i64, i64)> = self
-            .conn
-            .prepare_cached(rows::LAST_MESSAGE_SQL)?
-            .query_row([conversation.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let last = last.map_or((0, 0), |(seq, time)| (seq as u64, time));
-        self.cache
-            .last_seq
-            .insert(conversation.as_str().to_owned(), last);
-        Ok(last)
-    }
-
-    /// The conversation's key, its row written first if it has none.
-    fn conversation_key(&mut self, conversation: &ConversationId, now: Millis) -> StoreResult<i64> {
-        if let Some(key) = self.cache.keys.get(conversation.as_str()) {
-            return Ok(*key);
+    /// The conversation's key and last message, its row written first (created at `now`) if
+    /// it has none.
+    fn tail(&mut self, conversation: &ConversationId, now: Millis) -> StoreResult<Tail> {
+        if let Some(tail) = self.cache.conversations.get(conversation.as_str()) {
+            return Ok(*tail);
         }
         let key = rows::conversation_key(&self.conn, conversation, now)?;
+        let last: Option<(i64, i64)> = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, server_time FROM messages WHERE conversation_key = ?1 \
+                 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (seq, server_time) = last.map_or((0, 0), |(seq, time)| (seq as u64, time));
+        let tail = Tail {
+            key,
+            seq,
+            server_time,
+        };
         self.cache
-            .keys
-            .insert(conversation.as_str().to_owned(), key);
-        Ok(key)
+            .conversations
+            .insert(conversation.as_str().to_owned(), tail);
+        Ok(tail)
     }
 
     fn original(&self, message: &Message) -> StoreResult<Option<Message>> {
@@ -629,10 +631,9 @@ impl State {
         // The seq comes from the same transaction that inserts the message: no gap can
         // appear, and a rolled-back batch takes its seqs (and the cache) with it. The server
         // time is raised if needed so that it never decreases along the seqs.
-        let (last_seq, last_time) = self.last_message(&message.conversation_id)?;
-        let seq = last_seq + 1;
-        message.server_time = message.server_time.max(last_time);
-        let key = self.conversation_key(&message.conversation_id, message.server_time)?;
+        let tail = self.tail(&message.conversation_id, message.server_time)?;
+        let seq = tail.seq + 1;
+        message.server_time = message.server_time.max(tail.server_time);
         let inserted = self
             .conn
             .prepare_cached(
@@ -642,7 +643,7 @@ impl State {
             )?
             .execute((
                 message.id.0 as i64,
-                key,
+                tail.key,
                 seq as i64,
                 message.from.as_str(),
                 message.to.id(),
@@ -668,7 +669,10 @@ impl State {
         self.batch_max_id = self.batch_max_id.max(Some(message.id.0));
         let conversation = message.conversation_id.as_str();
         let now = message.server_time;
-        *self.cache.last_seq.entry_ref(conversation).or_default() = (seq, message.server_time);
+        if let Some(tail) = self.cache.conversations.get_mut(conversation) {
+            tail.seq = seq;
+            tail.server_time = now;
+        }
         if message.conversation_id.kind() == ConversationKind::Group {
             let mention_all = message.mentions.as_ref().is_some_and(|m| m.all);
             stamp_group_activity(&self.conn, conversation, if mention_all { seq } else { 0 })?;

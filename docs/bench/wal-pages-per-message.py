@@ -35,14 +35,8 @@ CREATE UNIQUE INDEX messages_by_seq ON messages (conversation_id, seq);
 CREATE UNIQUE INDEX messages_dedupe ON messages (conversation_id, sender, client_msg_id);
 """
 
-# Migration 0006 (ADR 0010): the conversation is named by an integer key.
-INTEGER_KEYS = """
-CREATE TABLE messages (conversation_id INTEGER NOT NULL, seq INTEGER NOT NULL, id INTEGER NOT NULL,
-  sender TEXT NOT NULL, recipient TEXT NOT NULL, client_msg_id TEXT NOT NULL,
-  content TEXT NOT NULL, ext TEXT, server_time INTEGER NOT NULL, mentions TEXT);
-CREATE UNIQUE INDEX messages_by_seq ON messages (conversation_id, seq);
-CREATE UNIQUE INDEX messages_dedupe ON messages (conversation_id, sender, client_msg_id);
-"""
+# Migration 0006 (ADR 0010): the same, with the conversation named by an integer key.
+INTEGER_KEYS = ARRIVAL.replace("conversation_id TEXT NOT NULL", "conversation_id INTEGER NOT NULL")
 
 INSERT = """
 INSERT INTO messages (id, conversation_id, seq, sender, recipient, client_msg_id, content, ext,
